@@ -1,0 +1,95 @@
+"""Defaults shared by every pjax run. Experiment files import `get_config` and change a few fields.
+
+Override any value on the command line: `python -m pjax.train --config=configs/dpo_tiny.py
+--config.loss.beta=0.2`. Unknown keys fail at start-up, naming the key.
+"""
+
+from ml_collections import ConfigDict
+
+from pjax.models.llama import PRESETS, LlamaConfig
+
+# Logical axis -> mesh axis (or axes, or None = replicated). The one sharding table: parameters and
+# activations name logical axes; nothing else names mesh axes.
+RULES = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    # activations and data
+    ("batch", ("data", "fsdp")),
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+)
+
+
+def model_config(preset: str, **overrides) -> ConfigDict:
+    """Every `LlamaConfig` field, filled from a preset (so each can be overridden by flag)."""
+    fields = {f: getattr(LlamaConfig, f) for f in LlamaConfig.__dataclass_fields__
+              if hasattr(LlamaConfig, f)}
+    values = {**fields, **PRESETS[preset], **overrides}
+    values["rope_scaling"] = tuple(values["rope_scaling"])
+    return ConfigDict({"preset": preset, **values})
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.phase = "sft"  # sft | dpo
+    c.seed = 0
+    c.workdir = "runs/default"  # this phase's directory: checkpoints/, export/, metrics.jsonl, tb/
+    c.init_from = ""  # a parent phase's params-only export directory ("" = none)
+
+    c.model = model_config("tiny")
+
+    c.data = ConfigDict(dict(
+        task="synthetic",
+        seed=0,
+        num_sft=4000,
+        num_pairs=4000,
+        num_heldout_prompts=256,
+        num_heldout_pairs=256,
+        label_noise=0.0,
+        bt_temperature=1.0,
+        sp_vocab_size=512,
+        max_len=48,  # prompt + completion tokens per sequence (the completion is kept on truncation)
+        max_prompt_len=16,  # generation prompts
+        cache_dir="",  # "" = $PJAX_CACHE or ~/.cache/pjax/synthetic
+    ))
+
+    c.loss = ConfigDict(dict(name="sft", beta=0.1))
+
+    c.optim = ConfigDict(dict(
+        lr=1e-3,
+        schedule="cosine",  # cosine | linear | constant (after warm-up)
+        warmup_steps=20,
+        min_lr_ratio=0.1,
+        weight_decay=0.0,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        grad_clip=1.0,
+    ))
+
+    c.train = ConfigDict(dict(
+        steps=300,
+        batch_size=32,  # global: sequences (SFT) or pairs (DPO)
+        logprob_chunk=128,  # sequence positions per chunk of the fused LM head
+        log_every=10,
+        save_every=100,
+        keep_checkpoints=3,
+        async_checkpoint=True,
+        progress=True,
+    ))
+
+    c.generate = ConfigDict(dict(max_new_tokens=24, temperature=1.0, top_k=0, top_p=1.0))
+
+    c.mesh = ConfigDict(dict(shape=(1, -1, 1)))  # over ('data', 'fsdp', 'tensor'); one -1 takes the rest
+    c.sharding = ConfigDict(dict(rules=RULES))
+    return c

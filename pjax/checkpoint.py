@@ -1,0 +1,133 @@
+"""Orbax checkpoints, one directory per phase.
+
+A phase directory holds `checkpoints/` (full train state: params, optimizer state, step; async saves,
+the latest N kept) and `export/` (params only, plus `pjax.json` metadata) that the next phase
+initialises from. `resume` implements the resume order: own checkpoint, then the parent export, then
+a fresh initialisation, and says which in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger("pjax")
+
+EXPORT_METADATA = "pjax.json"
+
+
+def _abs(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+class PhaseCheckpoints:
+    """Full train-state checkpoints of one phase under `<workdir>/checkpoints`."""
+
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
+        self.directory = _abs(workdir) / "checkpoints"
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, *, force: bool = False) -> None:
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+    def restore(self, step: int, abstract_state: Any) -> Any:
+        """Restore into arrays with the shardings of `abstract_state` (ShapeDtypeStructs)."""
+        try:
+            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # orbax raises several types; name the checkpoint in the error
+            raise RuntimeError(f"cannot restore checkpoint {self.directory / str(step)}: {e}") from e
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def export_params(directory: str | os.PathLike, params: Any, metadata: dict[str, Any]) -> Path:
+    """Write a params-only export (synchronously) with a JSON metadata file beside it."""
+    directory = _abs(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(directory / "params", params, force=True)
+    ckpt.wait_until_finished()
+    ckpt.close()
+    if jax.process_index() == 0:
+        tmp = directory / (EXPORT_METADATA + ".tmp")
+        tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, directory / EXPORT_METADATA)
+    return directory
+
+
+def export_metadata(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The metadata of a complete export, or None if `directory` holds no finished export."""
+    path = _abs(directory) / EXPORT_METADATA
+    if not path.exists() or not (_abs(directory) / "params").exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RuntimeError(f"corrupt export metadata {path}: {e}") from e
+
+
+def load_params(directory: str | os.PathLike, abstract_params: Any) -> Any:
+    """Restore an export's params into arrays with the shardings of `abstract_params`."""
+    path = _abs(directory) / "params"
+    if not path.exists():
+        raise FileNotFoundError(f"no params export at {path}")
+    ckpt = ocp.StandardCheckpointer()
+    try:
+        return ckpt.restore(path, abstract_params)
+    except Exception as e:
+        raise RuntimeError(f"cannot restore params export {path}: {e}") from e
+    finally:
+        ckpt.close()
+
+
+def check_model_matches(export_dir: str | os.PathLike, model: dict[str, Any]) -> None:
+    """Fail clearly if an export was made with a different model shape than the config asks for."""
+    meta = export_metadata(export_dir)
+    if meta is None:
+        raise FileNotFoundError(f"init_from={str(export_dir)!r}: no finished export there "
+                                f"(expected {EXPORT_METADATA} and params/)")
+    theirs = meta.get("model", {})
+    diff = {k: (theirs.get(k), v) for k, v in model.items()
+            if k in theirs and k not in ("remat", "scan_layers", "dtype") and _norm(theirs[k]) != _norm(v)}
+    if diff:
+        detail = ", ".join(f"model.{k}: export {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"init_from={str(export_dir)!r} does not match the config: {detail}")
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def resume(ckpts: PhaseCheckpoints, init_from: str, abstract_state: dict[str, Any],
+           fresh: Callable[[], dict[str, Any]], with_params: Callable[[Any], dict[str, Any]]
+           ) -> tuple[dict[str, Any], str]:
+    """Resume order: own checkpoint, then the parent export, then fresh init. Returns (state, source).
+
+    `fresh()` builds a new sharded state; `with_params(params)` builds one around loaded params.
+    """
+    step = ckpts.latest_step()
+    if step is not None:
+        log.info("resume: own checkpoint %s (step %d)", ckpts.directory, step)
+        return ckpts.restore(step, abstract_state), f"checkpoint:{step}"
+    if init_from:
+        log.info("resume: no own checkpoint; initialising from parent export %s", init_from)
+        params = load_params(init_from, abstract_state["params"])
+        return with_params(params), f"export:{init_from}"
+    log.info("resume: no own checkpoint and no parent export; fresh initialisation")
+    return fresh(), "fresh"

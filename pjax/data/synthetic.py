@@ -1,0 +1,280 @@
+"""Synthetic review-sentiment preference task with a known gold reward.
+
+In the spirit of the DPO paper's IMDb experiment, but fully self-contained:
+prompts are neutral review openings, a "base" generator writes completions
+that mix positive, negative and neutral words, and :func:`gold_reward` scores a
+completion from a fixed lexicon. Everything is generated deterministically
+from ``SyntheticConfig.seed``; the SentencePiece model is seed-independent and
+cached on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pjax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+
+# Bump whenever the lexicon, templates or generator change: it keys the tokenizer cache.
+GENERATOR_VERSION = "synthetic-reviews-v1"
+
+POSITIVE: dict[str, float] = {
+    **dict.fromkeys(
+        "wonderful brilliant superb excellent amazing fantastic masterful delightful stunning "
+        "outstanding beautiful perfect moving gripping charming joyful magnificent fabulous "
+        "splendid terrific".split(),
+        1.0,
+    ),
+    **dict.fromkeys(
+        "good nice fine pleasant solid decent enjoyable fun clever warm sweet lovely bright "
+        "engaging funny fresh smart inspired gentle neat".split(),
+        0.5,
+    ),
+}
+NEGATIVE: dict[str, float] = {
+    **dict.fromkeys(
+        "terrible awful horrible dreadful atrocious pathetic dismal abysmal disastrous "
+        "unbearable painful miserable hideous wretched appalling lousy rotten worthless "
+        "insulting tedious".split(),
+        -1.0,
+    ),
+    **dict.fromkeys(
+        "bad dull weak bland slow messy silly flat stale clumsy shallow odd tired sloppy lazy "
+        "cheap noisy vague forced predictable".split(),
+        -0.5,
+    ),
+}
+LEXICON: dict[str, float] = {**POSITIVE, **NEGATIVE}
+
+NEUTRAL_ADJ = "long short modern simple serious quiet familiar typical traditional different".split()
+SETTING_ADJ = "old new big small dark plain local early late distant tall young lonely hidden northern".split()
+ADVERBS = "very quite rather really somewhat truly fairly so".split()
+ASPECTS = (
+    "acting plot music ending cast script pace direction dialogue camera soundtrack "
+    "humor setting premise finale lighting editing story".split()
+)
+SUBJECTS = "movie film show play book series documentary musical novel episode".split()
+NOUNS = (
+    "ship city war family dog robot king detective island river school village train doctor "
+    "singer team garden storm castle farmer pilot painter forest mountain teacher soldier queen "
+    "child house desert".split()
+)
+TIMES = "week night year month summer winter friday sunday".split()
+
+PROMPT_TEMPLATES = [
+    "review : the {subject} about the {setting} {noun} was",
+    "review : we watched the {subject} last {time} it was",
+    "review : this {subject} about a {noun} is",
+    "review : the {setting} {subject} was",
+    "review : we saw the {subject} and it felt",
+    "review : the {subject} set in the {setting} {noun} seemed",
+    "review : overall the {noun} in this {subject} was",
+    "review : this {setting} {subject} about the {noun} is",
+]
+# Clauses continuing a completion; "{adj}" is a sentiment slot, "{adv}" an optional adverb.
+CLAUSES = [
+    "and the {aspect} was {adv} {adj}",
+    "but the {aspect} felt {adj}",
+    "with {adj} {aspect}",
+    "while the {aspect} seemed {adv} {adj}",
+    "and i thought the {aspect} was {adj}",
+    "in the end",
+    "for most of the time",
+    "to be honest",
+    "overall it was {adj}",
+]
+
+MIN_COMPLETION_WORDS, MAX_COMPLETION_WORDS = 6, 14
+REWARD_SCALE, REWARD_CLIP = 3.0, 3.0
+_P_NEUTRAL_ADJ = 0.25
+_TOKENIZER_SEED, _TOKENIZER_LINES = 12345, 3000
+_STREAMS = {"sft": 0, "pairs": 1, "heldout_prompts": 2, "heldout_pairs": 3}
+
+
+def gold_reward(completion: str) -> float:
+    """Gold reward of a completion (a function of its text only).
+
+    ``r(y) = clip(3 * sum_{w in distinct(words(y))} s(w) / sqrt(len(words(y))), -3, 3)``
+    where ``words`` is the lower-cased whitespace split, ``s`` is the lexicon
+    score (+1 / +0.5 for positive, -0.5 / -1 for negative words, 0 otherwise)
+    and each distinct word counts once, so repeating a word does not help.
+    An empty completion gets -3 (the minimum). Base completions score about
+    0 +- 1.1; a short run of distinct strong positive words reaches the cap.
+    """
+    words = completion.lower().split()
+    if not words:
+        return -REWARD_CLIP
+    total = sum(LEXICON.get(w, 0.0) for w in set(words))
+    return float(np.clip(REWARD_SCALE * total / math.sqrt(len(words)), -REWARD_CLIP, REWARD_CLIP))
+
+
+def _default_cache_dir() -> str:
+    return str(Path(os.environ.get("PJAX_CACHE", "~/.cache/pjax")).expanduser() / "synthetic")
+
+
+@dataclass
+class SyntheticConfig:
+    """Task size and noise. ``cache_dir`` defaults to ``$PJAX_CACHE/synthetic``
+    (``PJAX_CACHE`` defaults to ``~/.cache/pjax``)."""
+
+    seed: int = 0
+    num_sft: int = 4000
+    num_pairs: int = 4000
+    num_heldout_prompts: int = 256
+    num_heldout_pairs: int = 256
+    label_noise: float = 0.0
+    bt_temperature: float = 1.0
+    sp_vocab_size: int = 512
+    cache_dir: str = field(default_factory=_default_cache_dir)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise ValueError(f"label_noise must be in [0, 1], got {self.label_noise}")
+        if self.bt_temperature <= 0:
+            raise ValueError(f"bt_temperature must be > 0, got {self.bt_temperature}")
+        sizes = (self.num_sft, self.num_pairs, self.num_heldout_prompts, self.num_heldout_pairs)
+        if self.seed < 0 or min(sizes) < 0:
+            raise ValueError(f"seed and sizes must be >= 0, got seed={self.seed}, sizes={sizes}")
+
+
+@dataclass
+class SyntheticTask:
+    """Generated data: (prompt, completion) SFT examples and (prompt, chosen, rejected) pairs."""
+
+    sft: list[tuple[str, str]]
+    pairs: list[tuple[str, str, str]]
+    heldout_prompts: list[str]
+    heldout_pairs: list[tuple[str, str, str]]
+    tokenizer: SentencePieceTokenizer
+    gold_reward: Callable[[str], float]
+
+
+def _choice(rng: np.random.Generator, items: list[str]) -> str:
+    return items[int(rng.integers(len(items)))]
+
+
+def sample_prompt(rng: np.random.Generator) -> str:
+    """A neutral review opening (5-10 words) ending in a copula."""
+    template = _choice(rng, PROMPT_TEMPLATES)
+    return template.format(
+        subject=_choice(rng, SUBJECTS),
+        setting=_choice(rng, SETTING_ADJ),
+        noun=_choice(rng, NOUNS),
+        time=_choice(rng, TIMES),
+    )
+
+
+def sample_completion(rng: np.random.Generator) -> str:
+    """A base-model completion of 6-14 words with mixed sentiment.
+
+    Each completion draws its own positivity ``p ~ U(0, 1)``; each
+    adjective slot is neutral with probability 0.25, else positive with
+    probability ``p`` (strong or mild equally likely) and negative otherwise.
+    """
+    p_pos = rng.random()
+    positive, negative = list(POSITIVE), list(NEGATIVE)
+
+    def adj() -> str:
+        if rng.random() < _P_NEUTRAL_ADJ:
+            return _choice(rng, NEUTRAL_ADJ)
+        return _choice(rng, positive if rng.random() < p_pos else negative)
+
+    def adv() -> str:
+        return _choice(rng, ADVERBS) if rng.random() < 0.5 else ""
+
+    target = int(rng.integers(MIN_COMPLETION_WORDS, MAX_COMPLETION_WORDS + 1))
+    words = f"{adv()} {adj()}".split()
+    while len(words) < target:
+        fitting = [c for c in CLAUSES if len(words) + len(c.split()) <= MAX_COMPLETION_WORDS]
+        if not fitting:
+            break
+        clause = _choice(rng, fitting)
+        words += clause.format(aspect=_choice(rng, ASPECTS), adv=adv(), adj=adj()).split()
+    return " ".join(words)
+
+
+def _rng(seed: int, stream: str) -> np.random.Generator:
+    return np.random.default_rng([seed, _STREAMS[stream]])
+
+
+def _sample_pair(rng: np.random.Generator, prompt: str, cfg: SyntheticConfig) -> tuple[str, str, str]:
+    """Bradley-Terry label from the gold reward, then a flip with prob ``label_noise``."""
+    y1 = sample_completion(rng)
+    y2 = sample_completion(rng)
+    while y2 == y1:
+        y2 = sample_completion(rng)
+    margin = (gold_reward(y1) - gold_reward(y2)) / cfg.bt_temperature
+    y1_wins = rng.random() < 1.0 / (1.0 + math.exp(-margin))
+    if rng.random() < cfg.label_noise:  # always drawn: the stream is independent of label_noise
+        y1_wins = not y1_wins
+    return (prompt, y1, y2) if y1_wins else (prompt, y2, y1)
+
+
+def _fresh_prompt(rng: np.random.Generator, avoid: set[str], max_tries: int = 100) -> str:
+    """A prompt not in ``avoid`` if one is found within ``max_tries`` draws."""
+    prompt = sample_prompt(rng)
+    for _ in range(max_tries):
+        if prompt not in avoid:
+            break
+        prompt = sample_prompt(rng)
+    return prompt
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Seed-independent corpus for the tokenizer: generated lines plus the whole lexicon."""
+    rng = np.random.default_rng(_TOKENIZER_SEED)
+    lines = [f"{sample_prompt(rng)} {sample_completion(rng)}" for _ in range(_TOKENIZER_LINES)]
+    vocab = [*LEXICON, *NEUTRAL_ADJ, *SETTING_ADJ, *ADVERBS, *ASPECTS, *SUBJECTS, *NOUNS, *TIMES]
+    return lines + [" ".join(vocab)]
+
+
+def tokenizer_cache_path(cfg: SyntheticConfig) -> Path:
+    """Cache file of the task tokenizer, keyed by generator version, lexicon and vocab size."""
+    key = json.dumps([GENERATOR_VERSION, cfg.sp_vocab_size, LEXICON, PROMPT_TEMPLATES, CLAUSES])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(cfg.cache_dir).expanduser() / f"sp{cfg.sp_vocab_size}-{digest}.model"
+
+
+def load_or_train_tokenizer(cfg: SyntheticConfig) -> SentencePieceTokenizer:
+    """Load the cached tokenizer or train it, publishing the file atomically."""
+    path = tokenizer_cache_path(cfg)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_prefix = str(path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex}"))
+        tmp = train_sentencepiece(_tokenizer_corpus(), tmp_prefix, cfg.sp_vocab_size)
+        os.replace(tmp, path)
+    return SentencePieceTokenizer(str(path))
+
+
+def build_task(cfg: SyntheticConfig) -> SyntheticTask:
+    """Generate the task deterministically from ``cfg.seed`` (one RNG stream per split)."""
+    rng = _rng(cfg.seed, "sft")
+    sft = [(sample_prompt(rng), sample_completion(rng)) for _ in range(cfg.num_sft)]
+    rng = _rng(cfg.seed, "pairs")
+    pairs = [_sample_pair(rng, sample_prompt(rng), cfg) for _ in range(cfg.num_pairs)]
+
+    seen = {p for p, _ in sft} | {p for p, _, _ in pairs}
+    rng = _rng(cfg.seed, "heldout_prompts")
+    heldout_prompts, avoid = [], set(seen)
+    for _ in range(cfg.num_heldout_prompts):
+        heldout_prompts.append(_fresh_prompt(rng, avoid))
+        avoid.add(heldout_prompts[-1])
+    rng = _rng(cfg.seed, "heldout_pairs")
+    heldout_pairs = [_sample_pair(rng, _fresh_prompt(rng, seen), cfg) for _ in range(cfg.num_heldout_pairs)]
+
+    return SyntheticTask(
+        sft=sft,
+        pairs=pairs,
+        heldout_prompts=heldout_prompts,
+        heldout_pairs=heldout_pairs,
+        tokenizer=load_or_train_tokenizer(cfg),
+        gold_reward=gold_reward,
+    )

@@ -1,0 +1,73 @@
+"""Models: functional entry points over NNX modules (split once; merge inside jitted code)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import AbstractMesh
+
+from pjax.models.heads import token_logprobs
+from pjax.models.llama import Llama, LlamaConfig, init_cache, preset
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+    """What the train step needs to know about a model: its config, graph and parameter layout."""
+
+    cfg: LlamaConfig
+    graphdef: Any
+    shapes: Params  # ShapeDtypeStruct tree (plain nested dicts)
+    logical_specs: Params  # PartitionSpec tree of logical axis names, same structure
+
+    def init(self, rng: jax.Array) -> Params:
+        """Fresh parameters as a plain nested dict (call inside jit with out_shardings)."""
+        with nnx.use_eager_sharding(False):
+            model = Llama(self.cfg, rngs=nnx.Rngs(params=rng))
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    def module(self, params: Params) -> Llama:
+        return nnx.merge(self.graphdef, params)
+
+
+def build(cfg: LlamaConfig) -> ModelDef:
+    """Trace the model abstractly (no memory) to get its graph, shapes and logical axis names.
+
+    Traced with no mesh in scope: the logical names stay names; `pjax.sharding` maps them to the mesh.
+    """
+    with nnx.use_eager_sharding(False), jax.sharding.use_abstract_mesh(AbstractMesh((), ())):
+        abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract, nnx.Param)
+    shapes = nnx.to_pure_dict(state)
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    return ModelDef(cfg, graphdef, shapes, specs)
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Positions that count only real tokens (left padding gets position 0)."""
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def sequence_token_logprobs(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array, *,
+                            chunk_size: int = 128, temperature: float = 1.0) -> jax.Array:
+    """Log-probs of tokens[..., 1:] given their prefixes: `[..., T-1]` float32 (leading dims flattened).
+
+    `tokens`, `mask`: `[..., T]`; any leading shape (e.g. `[B, 2, T]` preference pairs) is kept.
+    """
+    lead, T = tokens.shape[:-1], tokens.shape[-1]
+    tok = tokens.reshape(-1, T)
+    msk = mask.reshape(-1, T)
+    model = model_def.module(params)
+    hidden, _ = model(tok[:, :-1], positions_from_mask(msk)[:, :-1], msk[:, :-1])
+    lp = token_logprobs(hidden, model.head_kernel(), tok[:, 1:], chunk_size=chunk_size,
+                        temperature=temperature)
+    return lp.reshape(*lead, T - 1)
+
+
+__all__ = ["Llama", "LlamaConfig", "ModelDef", "build", "init_cache", "positions_from_mask", "preset",
+           "sequence_token_logprobs", "token_logprobs"]

@@ -1,0 +1,44 @@
+"""Output heads. The LM head is fused into a chunked log-prob computation."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def token_logprobs(hidden: Array, kernel: Array, targets: Array, *, chunk_size: int = 128,
+                   temperature: float = 1.0) -> Array:
+    """Per-token log-probs `log softmax(hidden @ kernel / temperature)[targets]`, float32 `[B, T]`.
+
+    The sequence is processed in chunks of `chunk_size` positions inside a `lax.map`, and each chunk
+    is rematerialised in the backward pass, so at most a `[B, chunk_size, V]` block of logits exists
+    at any time (forward and backward) instead of the full `[B, T, V]`.
+    """
+    chex.assert_rank(hidden, 3)
+    chex.assert_equal_shape_prefix((hidden, targets), 2)
+    B, T, D = hidden.shape
+    c = min(chunk_size, T)
+    n = -(-T // c)
+    pad = n * c - T
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(B, n, c, D).swapaxes(0, 1)
+    t = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, c).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def chunk(args):
+        hc, tc = args
+        logits = jnp.einsum("bcd,dv->bcv", hc, kernel.astype(hc.dtype)).astype(jnp.float32)
+        logits = logits / temperature
+        picked = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+
+    out = jax.lax.map(chunk, (h, t))  # [n, B, c]
+    return out.swapaxes(0, 1).reshape(B, n * c)[:, :T]
+
+
+def naive_token_logprobs(hidden: Array, kernel: Array, targets: Array, temperature: float = 1.0) -> Array:
+    """Reference implementation that materialises the full `[B, T, V]` logits (tests, benchmarks)."""
+    logits = jnp.einsum("btd,dv->btv", hidden, kernel.astype(hidden.dtype)).astype(jnp.float32) / temperature
+    return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]

@@ -1,0 +1,276 @@
+"""The Llama 2/3 family as Flax NNX modules.
+
+RMSNorm, rotary embeddings (with Llama 3 frequency scaling), grouped-query attention with an optional
+KV cache, SwiGLU, tied or untied embeddings. Layers are created stacked (`nnx.vmap`) and run with
+`jax.lax.scan`, so compile time does not grow with depth; each layer can be rematerialised.
+
+Every parameter carries logical axis names (`out_sharding` metadata); the rules table in the config
+maps them to mesh axes (see `pjax.sharding`). The model returns final hidden states: the LM head is
+applied by `pjax.models.heads.token_logprobs` in chunks, so no `[B, T, V]` float32 array is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pjax import sharding
+
+Array = jax.Array
+Cache = dict[str, Array]
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    head_dim: int = 0  # 0: d_model // n_heads
+    rope_theta: float = 10_000.0
+    # Llama 3 scaling: (factor, low_freq_factor, high_freq_factor, original_max_position); () = off.
+    rope_scaling: tuple[float, ...] = ()
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    max_seq_len: int = 2048
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = True
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.n_kv_heads}"
+            )
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
+        if self.rope_scaling and len(self.rope_scaling) != 4:
+            raise ValueError("model.rope_scaling must be () or (factor, low_freq, high_freq, original_max_pos)")
+        for key in ("param_dtype", "dtype"):
+            if getattr(self, key) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"model.{key}={getattr(self, key)!r}: expected float32, bfloat16 or float16")
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (embeddings included once when tied)."""
+        d, f, hd = self.d_model, self.d_ff, self.head_dim
+        attn = d * hd * (2 * self.n_heads + 2 * self.n_kv_heads)
+        layer = attn + 3 * d * f + 2 * d
+        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return self.n_layers * layer + emb + d
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU tests and the demo. vocab_size is replaced by the tokenizer's when the config says 0.
+    "tiny": dict(vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=352,
+                 max_seq_len=256, tie_embeddings=True),
+    "smollm2_135m": dict(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                         d_ff=1536, rope_theta=100_000.0, tie_embeddings=True, max_seq_len=8192),
+    "llama3_1b": dict(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+                      d_ff=8192, rope_theta=500_000.0, rope_scaling=(32.0, 1.0, 4.0, 8192.0),
+                      tie_embeddings=True, max_seq_len=131072),
+    "llama3_8b": dict(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                      d_ff=14336, rope_theta=500_000.0, rope_scaling=(8.0, 1.0, 4.0, 8192.0),
+                      max_seq_len=131072),
+    "llama2_7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+                      d_ff=11008, max_seq_len=4096),
+}
+
+
+def preset(name: str, **overrides: Any) -> LlamaConfig:
+    if name not in PRESETS:
+        raise ValueError(f"model.preset={name!r}: expected one of {sorted(PRESETS)}")
+    return LlamaConfig(**{**PRESETS[name], **overrides})
+
+
+def _dtype(name: str):
+    return jnp.dtype(name)
+
+
+def rope_frequencies(cfg: LlamaConfig) -> Array:
+    """Inverse frequencies [head_dim // 2], with Llama 3 scaling when `cfg.rope_scaling` is set."""
+    hd = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    if not cfg.rope_scaling:
+        return inv
+    factor, low, high, original = cfg.rope_scaling
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = original / low, original / high
+    scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotary embedding, half-split layout (as Hugging Face checkpoints). x: [B, T, N, hd]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
+    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float | None = None) -> nnx.Param:
+    """A normally initialised parameter (std = 1/sqrt(fan_in) unless given) with logical axis names."""
+    std = scale if scale is not None else 1.0 / math.sqrt(shape[0])
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), out_sharding=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("norm",))
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention; `cache` holds this layer's K/V `[B, S, n_kv, hd]`."""
+
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, h, k, hd, pd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, _dtype(cfg.param_dtype)
+        self.wq = _param(rngs, (d, h, hd), ("embed", "q_heads", "head_dim"), pd)
+        self.wk = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), pd)
+        self.wv = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), pd)
+        self.wo = _param(rngs, (h, hd, d), ("q_heads", "head_dim", "embed"), pd,
+                         scale=1.0 / math.sqrt(h * hd * 2 * cfg.n_layers))
+
+    def __call__(self, x, positions, inv_freq, key_mask, cache: Cache | None, cache_index):
+        cfg = self.cfg
+        dt = _dtype(cfg.dtype)
+        q = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))
+        k = jnp.einsum("btd,dhk->bthk", x, self.wk[...].astype(dt))
+        v = jnp.einsum("btd,dhk->bthk", x, self.wv[...].astype(dt))
+        q = sharding.constrain(apply_rope(q, positions, inv_freq), ("act_batch", "act_seq", "act_heads", None))
+        k = apply_rope(k, positions, inv_freq)
+        T = x.shape[1]
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
+            cache = {"k": k, "v": v}
+        S = k.shape[1]
+        B, g = x.shape[0], cfg.n_heads // cfg.n_kv_heads
+        qg = q.reshape(B, T, cfg.n_kv_heads, g, cfg.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dt)).astype(jnp.float32)
+        scores = scores / math.sqrt(cfg.head_dim)
+        query_idx = cache_index + jnp.arange(T)
+        allowed = (jnp.arange(S)[None, :] <= query_idx[:, None])[None] & (key_mask[:, None, :] > 0)
+        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(B, T, cfg.n_heads, cfg.head_dim)
+        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
+        return out, cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        d, f, pd = cfg.d_model, cfg.d_ff, _dtype(cfg.param_dtype)
+        self.dtype = _dtype(cfg.dtype)
+        self.gate = _param(rngs, (d, f), ("embed", "mlp"), pd)
+        self.up = _param(rngs, (d, f), ("embed", "mlp"), pd)
+        self.down = _param(rngs, (f, d), ("mlp", "embed"), pd, scale=1.0 / math.sqrt(f * 2 * cfg.n_layers))
+
+    def __call__(self, x: Array) -> Array:
+        dt = self.dtype
+        h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+        h = sharding.constrain(h, ("act_batch", "act_seq", "act_mlp"))
+        return h @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        pd = _dtype(cfg.param_dtype)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, positions, inv_freq, key_mask, cache, cache_index):
+        h, cache = self.attn(self.attn_norm(x), positions, inv_freq, key_mask, cache, cache_index)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return sharding.constrain(x, ("act_batch", "act_seq", "act_embed")), cache
+
+
+class Llama(nnx.Module):
+    """Decoder-only Llama. `__call__` returns final hidden states `[B, T, D]` and the updated cache."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = _dtype(cfg.param_dtype)
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pd,
+                            scale=1.0 / math.sqrt(cfg.d_model))
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(rngs: nnx.Rngs) -> Block:
+            return Block(cfg, rngs)
+
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd)
+
+    def head_kernel(self) -> Array:
+        """The LM head as a `[D, V]` matrix (the transposed embedding when tied)."""
+        return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+
+    def __call__(self, tokens: Array, positions: Array, key_mask: Array,
+                 cache: Cache | None = None, cache_index: Array | int = 0) -> tuple[Array, Cache | None]:
+        """tokens, positions: [B, T]; key_mask: [B, S] (1 = attendable key; S = T, or the cache length).
+
+        With a cache (`{"k", "v"}: [L, B, S, n_kv, hd]`) the new keys are written at `cache_index`.
+        Query t sits at sequence index `cache_index + t` and sees keys at indices <= its own.
+        """
+        cfg = self.cfg
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(_dtype(cfg.dtype))
+        x = sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
+        inv_freq = rope_frequencies(cfg)
+        graphdef, state = nnx.split(self.layers)
+
+        def layer(x, xs):
+            layer_state, layer_cache = xs
+            block = nnx.merge(graphdef, layer_state)
+            return block(x, positions, inv_freq, key_mask, layer_cache, cache_index)
+
+        policy = REMAT_POLICIES[cfg.remat]
+        if cfg.remat != "none":
+            layer = jax.checkpoint(layer, policy=policy, prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            x, cache = jax.lax.scan(layer, x, (state, cache))
+        else:
+            outs = []
+            for i in range(cfg.n_layers):
+                x, c = layer(x, jax.tree.map(lambda a: a[i], (state, cache)))
+                outs.append(c)
+            cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        return self.final_norm(x), cache
+
+
+def init_cache(cfg: LlamaConfig, batch: int, length: int) -> Cache:
+    shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, _dtype(cfg.dtype)), "v": jnp.zeros(shape, _dtype(cfg.dtype))}

@@ -1,0 +1,297 @@
+"""Entry point: `python -m pjax.train --config=configs/<file>.py [--config.key=value ...]`.
+
+One generic jitted train step serves every phase: the phase decides what data the step sees (`SEQ`
+`[B, T]` for SFT, `PAIR` `[B, 2, T]` for DPO) and the objective from the loss registry turns the
+per-token log-probs into a loss. The train state (params, optimizer state, step) is a plain pytree,
+created inside jit with `out_shardings`, so no device ever holds the unsharded model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+from pjax import checkpoint, losses, models, sharding
+from pjax.losses import LossInputs
+from pjax.metrics import MetricWriter
+from pjax.models.llama import LlamaConfig
+from pjax.optim import make_optimizer, schedule
+
+log = logging.getLogger("pjax")
+
+# phase -> the data shape its batches have, and the objective data shapes it accepts
+PHASES = {"sft": "SEQ", "dpo": "PAIR"}
+
+State = dict[str, Any]
+
+
+def model_config(config: ConfigDict) -> LlamaConfig:
+    values = {k: v for k, v in config.model.items() if k != "preset"}
+    values["rope_scaling"] = tuple(values["rope_scaling"])
+    try:
+        return LlamaConfig(**values)
+    except TypeError as e:
+        raise ValueError(f"config.model: {e}") from e
+
+
+def validate(config: ConfigDict) -> None:
+    """Start-up checks that name the offending key."""
+    if config.phase not in PHASES:
+        raise ValueError(f"phase={config.phase!r}: expected one of {sorted(PHASES)}")
+    objective = losses.get(config.loss.name)
+    wants_pairs = objective.data_shape.startswith("PAIR")
+    if (PHASES[config.phase] == "PAIR") != wants_pairs:
+        raise ValueError(f"loss.name={config.loss.name!r} ({objective.data_shape}) does not fit "
+                         f"phase={config.phase!r} (data shape {PHASES[config.phase]})")
+    for key in ("steps", "batch_size", "log_every", "save_every", "logprob_chunk"):
+        if config.train[key] <= 0:
+            raise ValueError(f"train.{key}={config.train[key]} must be positive")
+    if config.loss.beta <= 0:
+        raise ValueError(f"loss.beta={config.loss.beta} must be positive")
+    if config.data.task != "synthetic":
+        raise ValueError(f"data.task={config.data.task!r}: only 'synthetic' is built in so far")
+    model_config(config)  # raises with the key named
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything derived from the config that the loop, the benchmark and the tests share."""
+
+    config: ConfigDict
+    mesh: jax.sharding.Mesh
+    model_def: models.ModelDef
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    param_shardings: Any
+    state_shardings: State
+    abstract_state: State  # ShapeDtypeStructs carrying their shardings
+
+    def batch_sharding(self, batch: dict[str, Any]) -> dict[str, NamedSharding]:
+        rules = self.config.sharding.rules
+        return {k: sharding.batch_sharding(self.mesh, rules, np.ndim(v)) for k, v in batch.items()}
+
+    def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        shardings = self.batch_sharding(batch)
+        return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+
+    def init_state(self, seed: int) -> State:
+        init = jax.jit(lambda rng: self.state_from_params(self.model_def.init(rng)),
+                       out_shardings=self.state_shardings)
+        return init(jax.random.key(seed))
+
+    def state_from_params(self, params: Any) -> State:
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+
+    def state_around(self, params: Any) -> State:
+        """A fresh optimizer state around loaded params, sharded like the train state."""
+        fn = jax.jit(self.state_from_params, in_shardings=(self.param_shardings,),
+                     out_shardings=self.state_shardings)
+        return fn(params)
+
+
+def make_setup(config: ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
+    cfg = model_config(config)
+    model_def = models.build(cfg)
+    rules = config.sharding.rules
+    param_shardings = sharding.tree_shardings(model_def.logical_specs, model_def.shapes, mesh, rules)
+    tx = make_optimizer(config.optim, config.train.steps, model_def.logical_specs)
+    abstract = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,
+                                         "opt_state": tx.init(p)}, model_def.shapes)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_shardings,
+                                          transform_non_params=lambda _: replicated)
+    state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract, state_shardings)
+    return Setup(config, mesh, model_def, tx, schedule(config.optim, config.train.steps), param_shardings,
+                 state_shardings, abstract_state)
+
+
+def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
+    """`loss_fn(params, ref_params, batch) -> (loss, metrics)` for the configured objective."""
+    objective = losses.get(config.loss.name)
+    chunk = config.train.logprob_chunk
+
+    def logps(params, batch):
+        return models.sequence_token_logprobs(model_def, params, batch["tokens"], batch["mask"],
+                                              chunk_size=chunk)
+
+    def loss_fn(params, ref_params, batch):
+        ref = None
+        if objective.needs_reference:
+            ref = batch["ref_logps"] if "ref_logps" in batch else jax.lax.stop_gradient(logps(ref_params, batch))
+        inputs = LossInputs(policy_logps=logps(params, batch), mask=batch["completion_mask"][..., 1:], ref_logps=ref)
+        return objective.fn(inputs, config.loss)
+
+    return loss_fn
+
+
+def make_train_step(setup: Setup) -> Callable[[State, Any, dict], tuple[State, dict]]:
+    """The generic jitted step: grads of the objective, AdamW update, metrics."""
+    loss_fn = make_loss_fn(setup.config, setup.model_def)
+    tx, lr = setup.tx, setup.lr_schedule
+
+    def step(state: State, ref_params: Any, batch: dict) -> tuple[State, dict]:
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], ref_params, batch)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": lr(state["step"])}
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    compiled: dict[Any, Callable] = {}
+
+    def jitted(state, ref_params, batch):
+        key = (ref_params is None, tuple(sorted((k, np.ndim(v)) for k, v in batch.items())))
+        if key not in compiled:
+            ref_sh = None if ref_params is None else setup.param_shardings
+            compiled[key] = jax.jit(step, in_shardings=(setup.state_shardings, ref_sh, setup.batch_sharding(batch)),
+                                    out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
+        return compiled[key](state, ref_params, batch)
+
+    return jitted
+
+
+def load_data(config: ConfigDict):
+    """The synthetic task and the encoded training arrays for this phase."""
+    from pjax.data import batching, synthetic
+
+    task = synthetic.build_task(synthetic_config(config))
+    if task.tokenizer.vocab_size > config.model.vocab_size:
+        raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+                         f"{task.tokenizer.vocab_size}")
+    if config.phase == "sft":
+        arrays = batching.encode_sft(task.tokenizer, task.sft, config.data.max_len)
+    else:
+        arrays = batching.encode_pairs(task.tokenizer, task.pairs, config.data.max_len)
+    return task, arrays
+
+
+def synthetic_config(config: ConfigDict):
+    from pjax.data import synthetic
+
+    d = config.data
+    kwargs = dict(seed=d.seed, num_sft=d.num_sft, num_pairs=d.num_pairs,
+                  num_heldout_prompts=d.num_heldout_prompts, num_heldout_pairs=d.num_heldout_pairs,
+                  label_noise=d.label_noise, bt_temperature=d.bt_temperature, sp_vocab_size=d.sp_vocab_size)
+    if d.cache_dir:
+        kwargs["cache_dir"] = d.cache_dir
+    return synthetic.SyntheticConfig(**kwargs)
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    """Train one phase. Returns a summary with the logged metric history and the export path."""
+    from pjax.data import batching
+
+    validate(config)
+    workdir = Path(config.workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    mesh = sharding.make_mesh(config.mesh.shape)
+    rules = config.sharding.rules
+    log.info("phase=%s mesh=%s workdir=%s", config.phase, dict(mesh.shape), workdir)
+    with jax.set_mesh(mesh), sharding.use_rules(rules):
+        setup = make_setup(config, mesh)
+        dp = mesh.shape["data"] * mesh.shape["fsdp"]
+        if config.train.batch_size % dp:
+            raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the data-parallel "
+                             f"size {dp} (mesh.shape={tuple(mesh.shape.values())})")
+        task, arrays = load_data(config)
+        ckpts = checkpoint.PhaseCheckpoints(workdir, keep=config.train.keep_checkpoints,
+                                            async_save=config.train.async_checkpoint)
+        if config.init_from:
+            checkpoint.check_model_matches(config.init_from, dict(config.model))
+        state, source = checkpoint.resume(ckpts, config.init_from, setup.abstract_state,
+                                          fresh=lambda: setup.init_state(config.seed),
+                                          with_params=setup.state_around)
+        ref_params = None
+        if losses.get(config.loss.name).needs_reference:
+            if config.init_from:
+                ref_params = checkpoint.load_params(config.init_from, setup.abstract_state["params"])
+                log.info("reference: frozen parent export %s", config.init_from)
+            else:
+                ref_params = jax.tree.map(jnp.copy, state["params"]) if source == "fresh" else \
+                    setup.init_state(config.seed)["params"]
+                log.warning("reference: no init_from; using the fresh initial params as the reference")
+        history = train_loop(setup, state, ref_params, arrays, ckpts, batching.batch_at, workdir, source)
+    return history
+
+
+def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np.ndarray],
+               ckpts: checkpoint.PhaseCheckpoints, batch_at: Callable, workdir: Path, source: str) -> dict:
+    config = setup.config
+    tc = config.train
+    step_fn = make_train_step(setup)
+    start = int(jax.device_get(state["step"]))
+    writer = MetricWriter(workdir)
+    history: list[dict[str, float]] = []
+    progress = None
+    if tc.progress and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=tc.steps, initial=start, desc=config.phase, dynamic_ncols=True)
+    tokens, t0 = 0, time.perf_counter()
+    pending = None
+    for step in range(start, tc.steps):
+        host_batch = batch_at(arrays, step, tc.batch_size, config.seed)
+        tokens += int(host_batch["mask"].sum())
+        state, metrics = step_fn(state, ref_params, setup.device_batch(host_batch))
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.perf_counter() - t0
+            metrics["tokens_per_sec"] = tokens / max(elapsed, 1e-9)
+            tokens, t0 = 0, time.perf_counter()
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"non-finite loss at step {done}: {metrics}; last checkpoint "
+                                         f"step {ckpts.latest_step()}")
+            writer.write(done, metrics)
+            history.append({"step": done, **metrics})
+            if progress is not None:
+                progress.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
+        if progress is not None:
+            progress.update(1)
+        if done % tc.save_every == 0 and done != tc.steps:
+            ckpts.save(done, state)
+    if progress is not None:
+        progress.close()
+    if ckpts.latest_step() != tc.steps:
+        ckpts.save(tc.steps, state, force=True)
+    ckpts.close()
+    writer.close()
+    export_dir = workdir / "export"
+    checkpoint.export_params(export_dir, state["params"], {
+        "phase": config.phase, "step": tc.steps, "model": dict(config.model), "init_from": config.init_from,
+        "resumed_from": source, "loss": dict(config.loss), "data": dict(config.data),
+    })
+    log.info("exported params to %s", export_dir)
+    return {"history": history, "export": str(export_dir), "workdir": str(workdir), "source": source}
+
+
+def main(argv) -> None:
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
+    summary = run(_CONFIG.value)
+    last = summary["history"][-1] if summary["history"] else {}
+    print(json.dumps({"export": summary["export"], "final": last}, indent=2))
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config .py file.", lock_config=True)
+    app.run(main)

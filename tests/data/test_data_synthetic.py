@@ -1,0 +1,88 @@
+import os
+
+import numpy as np
+import pytest
+
+import pjax.data.synthetic as synthetic
+from pjax.data import SyntheticConfig, build_task, gold_reward
+
+
+def _small(seed=0, **kw):
+    return SyntheticConfig(seed=seed, num_sft=50, num_pairs=50, num_heldout_prompts=20, num_heldout_pairs=20, **kw)
+
+
+def _data(task):
+    return task.sft, task.pairs, task.heldout_prompts, task.heldout_pairs
+
+
+def test_deterministic_by_seed(sp_cache):
+    a = build_task(_small(seed=1, cache_dir=sp_cache))
+    b = build_task(_small(seed=1, cache_dir=sp_cache))
+    c = build_task(_small(seed=2, cache_dir=sp_cache))
+    assert _data(a) == _data(b)
+    for x, y in zip(_data(a), _data(c)):
+        assert x != y
+
+
+def test_gold_reward_ordering():
+    pos = "truly wonderful and the acting was brilliant"
+    neg = "truly terrible and the acting was dreadful"
+    neutral = "long and the acting was typical"
+    assert gold_reward(pos) > gold_reward(neutral) > gold_reward(neg)
+    assert gold_reward("") == gold_reward("   ") == -3.0
+    assert gold_reward("") < gold_reward(neg)
+    assert gold_reward("good good good good") <= gold_reward("good")  # repeats do not help
+    assert -3.0 <= gold_reward(" ".join(synthetic.POSITIVE)) <= 3.0
+
+
+def test_shapes_lengths_and_base_reward(task):
+    cfg = SyntheticConfig()
+    assert len(task.sft) == cfg.num_sft and len(task.pairs) == cfg.num_pairs
+    assert len(task.heldout_prompts) == cfg.num_heldout_prompts
+    assert len(task.heldout_pairs) == cfg.num_heldout_pairs
+    assert all(5 <= len(p.split()) <= 10 for p, _ in task.sft)
+    assert all(6 <= len(c.split()) <= 14 for _, c in task.sft)
+    rewards = np.array([gold_reward(c) for _, c in task.sft])
+    assert abs(rewards.mean()) < 0.3 and 0.5 < rewards.std() < 2.0
+
+
+def test_heldout_disjoint_from_training(task):
+    train = {p for p, _ in task.sft} | {p for p, _, _ in task.pairs}
+    assert not train & set(task.heldout_prompts)
+    assert not train & {p for p, _, _ in task.heldout_pairs}
+    assert len(set(task.heldout_prompts)) == len(task.heldout_prompts)
+
+
+def _frac_chosen_better(pairs):
+    return np.mean([gold_reward(c) > gold_reward(r) for _, c, r in pairs])
+
+
+def test_label_noise_moves_agreement_towards_half(task, sp_cache):
+    clean = _frac_chosen_better(task.pairs)
+    noisy = _frac_chosen_better(build_task(SyntheticConfig(seed=0, label_noise=0.4, cache_dir=sp_cache)).pairs)
+    assert clean > 0.6
+    assert abs(noisy - 0.5) < abs(clean - 0.5) and abs(noisy - 0.5) < 0.1
+
+
+def test_tokenizer_cache_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PJAX_CACHE", str(tmp_path))
+    cfg = _small()
+    assert cfg.cache_dir == str(tmp_path / "synthetic")
+    build_task(cfg)
+    path = synthetic.tokenizer_cache_path(cfg)
+    mtime = os.stat(path).st_mtime_ns
+    assert [f.name for f in path.parent.iterdir()] == [path.name]  # no temp files left
+
+    def fail(*args, **kwargs):
+        raise AssertionError("tokenizer retrained despite cache")
+
+    monkeypatch.setattr(synthetic, "train_sentencepiece", fail)
+    task = build_task(_small(seed=3))
+    assert task.tokenizer.model_path == str(path) and os.stat(path).st_mtime_ns == mtime
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="label_noise"):
+        SyntheticConfig(label_noise=1.5)
+    with pytest.raises(ValueError, match="bt_temperature"):
+        SyntheticConfig(bt_temperature=0.0)
