@@ -16,7 +16,7 @@ from pjax.models.llama import Llama, LlamaConfig, init_cache, preset
 Params = Any
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: usable as a static jit argument
 class ModelDef:
     """What the train step needs to know about a model: its config, graph and parameter layout."""
 
