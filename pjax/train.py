@@ -64,6 +64,15 @@ def validate(config: ConfigDict) -> None:
     model_config(config)  # raises with the key named
 
 
+def validate_for_mesh(config: ConfigDict, mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh) -> None:
+    """Checks that need the mesh: the batch splits over the data axes (parameters are checked when
+    their shardings are built)."""
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.train.batch_size % dp:
+        raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the data-parallel "
+                         f"size {dp} (data x fsdp of mesh.shape={tuple(mesh.shape.values())})")
+
+
 @dataclasses.dataclass
 class Setup:
     """Everything derived from the config that the loop, the benchmark and the tests share."""
@@ -137,30 +146,38 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
     return loss_fn
 
 
-def make_train_step(setup: Setup) -> Callable[[State, Any, dict], tuple[State, dict]]:
-    """The generic jitted step: grads of the objective, AdamW update, metrics."""
-    loss_fn = make_loss_fn(setup.config, setup.model_def)
-    tx, lr = setup.tx, setup.lr_schedule
+class TrainStep:
+    """The generic train step: grads of the objective, AdamW update, metrics.
 
-    def step(state: State, ref_params: Any, batch: dict) -> tuple[State, dict]:
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], ref_params, batch)
+    Call it as `step(state, ref_params, batch) -> (state, metrics)`; `jitted(ref_params, batch)` gives
+    the underlying `jax.jit` function for that batch layout (e.g. to `lower(...)` it in benchmarks).
+    """
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        self.loss_fn = make_loss_fn(setup.config, setup.model_def)
+        self._jitted: dict[Any, Callable] = {}
+
+    def step(self, state: State, ref_params: Any, batch: dict) -> tuple[State, dict]:
+        tx, lr = self.setup.tx, self.setup.lr_schedule
+        (loss, metrics), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state["params"], ref_params, batch)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-                   "learning_rate": lr(state["step"])}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr(state["step"])}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
-    compiled: dict[Any, Callable] = {}
-
-    def jitted(state, ref_params, batch):
+    def jitted(self, ref_params: Any, batch: dict) -> Callable:
         key = (ref_params is None, tuple(sorted((k, np.ndim(v)) for k, v in batch.items())))
-        if key not in compiled:
+        if key not in self._jitted:
+            setup = self.setup
             ref_sh = None if ref_params is None else setup.param_shardings
-            compiled[key] = jax.jit(step, in_shardings=(setup.state_shardings, ref_sh, setup.batch_sharding(batch)),
-                                    out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
-        return compiled[key](state, ref_params, batch)
+            self._jitted[key] = jax.jit(
+                self.step, in_shardings=(setup.state_shardings, ref_sh, setup.batch_sharding(batch)),
+                out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
+        return self._jitted[key]
 
-    return jitted
+    def __call__(self, state: State, ref_params: Any, batch: dict) -> tuple[State, dict]:
+        return self.jitted(ref_params, batch)(state, ref_params, batch)
 
 
 def load_data(config: ConfigDict):
@@ -204,20 +221,18 @@ def run(config: ConfigDict) -> dict[str, Any]:
     log.info("phase=%s mesh=%s workdir=%s", config.phase, dict(mesh.shape), workdir)
     with jax.set_mesh(mesh), sharding.use_rules(rules):
         setup = make_setup(config, mesh)
-        dp = mesh.shape["data"] * mesh.shape["fsdp"]
-        if config.train.batch_size % dp:
-            raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the data-parallel "
-                             f"size {dp} (mesh.shape={tuple(mesh.shape.values())})")
+        validate_for_mesh(config, mesh)
         task, arrays = load_data(config)
         ckpts = checkpoint.PhaseCheckpoints(workdir, keep=config.train.keep_checkpoints,
                                             async_save=config.train.async_checkpoint)
-        if config.init_from:
+        needs_reference = losses.get(config.loss.name).needs_reference
+        if config.init_from and (needs_reference or ckpts.latest_step() is None):
             checkpoint.check_model_matches(config.init_from, dict(config.model))
         state, source = checkpoint.resume(ckpts, config.init_from, setup.abstract_state,
                                           fresh=lambda: setup.init_state(config.seed),
                                           with_params=setup.state_around)
         ref_params = None
-        if losses.get(config.loss.name).needs_reference:
+        if needs_reference:
             if config.init_from:
                 ref_params = checkpoint.load_params(config.init_from, setup.abstract_state["params"])
                 log.info("reference: frozen parent export %s", config.init_from)
@@ -233,7 +248,7 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
                ckpts: checkpoint.PhaseCheckpoints, batch_at: Callable, workdir: Path, source: str) -> dict:
     config = setup.config
     tc = config.train
-    step_fn = make_train_step(setup)
+    step_fn = TrainStep(setup)
     start = int(jax.device_get(state["step"]))
     writer = MetricWriter(workdir)
     history: list[dict[str, float]] = []

@@ -1,0 +1,394 @@
+"""The Llama model against an independent float64 NumPy forward written from the published architecture.
+
+Nothing here calls pjax code to produce an expected value: RMSNorm, RoPE (Hugging Face half-split
+layout, with `rotate_half`), grouped-query attention, SwiGLU and the Llama 3.1 RoPE frequency scaling
+are re-implemented below in NumPy.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from configs.base import RULES
+from pjax.models import build, positions_from_mask, sequence_token_logprobs
+from pjax.models.llama import LlamaConfig, init_cache, preset, rope_frequencies
+
+# ----------------------------------------------------------------------------- NumPy reference
+
+
+def np_inv_freq(head_dim, theta, rope_scaling=()):
+    """RoPE inverse frequencies; Llama 3.1 scaling as in Meta's `apply_scaling` (reference code)."""
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if not rope_scaling:
+        return freqs
+    factor, low_freq_factor, high_freq_factor, old_context_len = rope_scaling
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            out.append(freq)
+        elif wavelen > low_freq_wavelen:
+            out.append(freq / factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return np.asarray(out)
+
+
+def np_rms_norm(x, scale, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * scale
+
+
+def np_rotate_half(x):
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def np_rope(x, positions, inv_freq):
+    """x: [B, T, N, hd]; HF layout: cos/sin of (pos * inv_freq) repeated over the two halves."""
+    angles = positions[:, :, None].astype(np.float64) * inv_freq  # [B, T, hd/2]
+    emb = np.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, hd]
+    return x * np.cos(emb) + np_rotate_half(x) * np.sin(emb)
+
+
+def np_silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def np_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_llama_logits(params, cfg, tokens, positions, mask):
+    """Logits [B, T, V] (float64) of a Llama decoder; `mask` [B, T]: 1 = real token (key padding mask)."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    B, T = tokens.shape
+    H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    group = H // K
+    inv_freq = np_inv_freq(hd, cfg.rope_theta, cfg.rope_scaling)
+    causal = np.tril(np.ones((T, T), bool))
+    x = p["embed"][tokens]  # [B, T, D]
+    for layer in range(cfg.n_layers):
+        lp = jax.tree.map(lambda a: a[layer], p["layers"])
+        h = np_rms_norm(x, lp["attn_norm"]["scale"], cfg.norm_eps)
+        q = np.einsum("btd,dnk->btnk", h, lp["attn"]["wq"])
+        k = np.einsum("btd,dnk->btnk", h, lp["attn"]["wk"])
+        v = np.einsum("btd,dnk->btnk", h, lp["attn"]["wv"])
+        q, k = np_rope(q, positions, inv_freq), np_rope(k, positions, inv_freq)
+        attn = np.zeros((B, T, H, hd))
+        for b in range(B):
+            allowed = causal & (mask[b][None, :] > 0)
+            for head in range(H):
+                kv = head // group
+                scores = q[b, :, head] @ k[b, :, kv].T / math.sqrt(hd)
+                scores = np.where(allowed, scores, -1e30)  # finite: fully masked (pad) rows stay finite
+                attn[b, :, head] = np_softmax(scores) @ v[b, :, kv]
+        x = x + np.einsum("btnk,nkd->btd", attn, lp["attn"]["wo"])
+        h = np_rms_norm(x, lp["mlp_norm"]["scale"], cfg.norm_eps)
+        x = x + (np_silu(h @ lp["mlp"]["gate"]) * (h @ lp["mlp"]["up"])) @ lp["mlp"]["down"]
+    x = np_rms_norm(x, p["final_norm"]["scale"], cfg.norm_eps)
+    head = p["embed"].T if cfg.tie_embeddings else p["lm_head"]
+    return x @ head
+
+
+def np_positions(mask):
+    """Real tokens are numbered 0, 1, ...; left padding sits at position 0."""
+    return np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
+
+
+def np_log_softmax(x):
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def tiny_cfg(**kw):
+    base = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=40, max_seq_len=64)
+    return LlamaConfig(**{**base, **kw})
+
+
+def perturbed_params(model_def, seed=0):
+    """`ModelDef.init` parameters, with norm scales moved away from 1 so that they are exercised."""
+    params = model_def.init(jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+
+    def move(path, a):
+        if jax.tree_util.keystr(path).endswith("['scale']"):
+            return a + jnp.asarray(0.2 * rng.normal(size=a.shape), a.dtype)
+        return a
+
+    return jax.tree_util.tree_map_with_path(move, params)
+
+
+def jax_logits(model_def, params, tokens, positions, mask):
+    @jax.jit
+    def f(params, tokens, positions, mask):
+        model = model_def.module(params)
+        hidden, _ = model(tokens, positions, mask)
+        return hidden @ model.head_kernel()
+
+    return np.asarray(f(params, tokens, positions, mask))
+
+
+PADDINGS = {
+    "none": np.array([[1] * 7, [1] * 7]),
+    "right": np.array([[1] * 5 + [0] * 2, [1] * 7]),
+    "left": np.array([[0] * 3 + [1] * 4, [0] + [1] * 6]),
+}
+
+# ----------------------------------------------------------------------------- forward vs NumPy
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("heads", [(4, 2), (4, 4), (4, 1)], ids=["gqa", "mha", "mqa"])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_forward_matches_numpy_reference(tied, heads, padding):
+    cfg = tiny_cfg(n_heads=heads[0], n_kv_heads=heads[1], tie_embeddings=tied)
+    md = build(cfg)
+    params = perturbed_params(md)
+    assert ("lm_head" in params) == (not tied)
+    mask = PADDINGS[padding]
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, size=mask.shape).astype(np.int32)
+    positions = np.asarray(positions_from_mask(jnp.asarray(mask)))
+    np.testing.assert_array_equal(positions, np_positions(mask))
+    got = jax_logits(md, params, tokens, positions, mask)
+    want = np_llama_logits(params, cfg, tokens, positions, mask)
+    real = mask > 0  # padded query rows are not compared
+    assert np.abs(want[real]).max() > 0.1  # the comparison is not between near-zero numbers
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=0)
+
+
+def test_forward_matches_numpy_with_rope_scaling_and_head_dim():
+    """Llama 3 frequency scaling (all three wavelength regimes hit) and head_dim != d_model / n_heads."""
+    cfg = tiny_cfg(head_dim=8, n_heads=2, n_kv_heads=1, rope_theta=500.0, rope_scaling=(4.0, 1.0, 4.0, 48.0),
+                   norm_eps=1e-3)
+    inv = np_inv_freq(cfg.head_dim, cfg.rope_theta)
+    wl = 2 * np.pi / inv
+    assert (wl < 12).any() and (wl > 48).any() and ((wl >= 12) & (wl <= 48)).any()
+    md = build(cfg)
+    params = perturbed_params(md, seed=4)
+    mask = np.ones((2, 12), np.int32)
+    tokens = np.random.default_rng(5).integers(0, cfg.vocab_size, size=mask.shape).astype(np.int32)
+    positions = np.broadcast_to(np.arange(12) * 5, mask.shape).astype(np.int32)  # angles well past 2*pi
+    got = jax_logits(md, params, tokens, positions, mask)
+    want = np_llama_logits(params, cfg, tokens, positions, mask)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_left_padding_is_invisible():
+    """A left-padded sequence gives the same logits at its real tokens as the sequence on its own."""
+    cfg = tiny_cfg()
+    md = build(cfg)
+    params = perturbed_params(md, seed=2)
+    tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, size=(1, 7)).astype(np.int32)
+    mask = np.array([[0, 0, 0, 1, 1, 1, 1]])
+    padded = jax_logits(md, params, tokens, np.asarray(positions_from_mask(jnp.asarray(mask))), mask)
+    alone = jax_logits(md, params, tokens[:, 3:], np.arange(4)[None].astype(np.int32), np.ones((1, 4), np.int32))
+    np.testing.assert_allclose(padded[:, 3:], alone, atol=1e-5, rtol=0)
+
+
+def test_sequence_token_logprobs_matches_numpy():
+    """Leading dims ([B, 2, T] pairs) are kept; log p(token[t+1] | prefix) from the NumPy logits."""
+    cfg = tiny_cfg(tie_embeddings=True)
+    md = build(cfg)
+    params = perturbed_params(md, seed=3)
+    mask = np.array([[[1] * 6 + [0] * 2, [1] * 8], [[0, 0] + [1] * 6, [1] * 4 + [0] * 4]])  # [2, 2, 8]
+    tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, size=mask.shape).astype(np.int32)
+    got = np.asarray(jax.jit(lambda p, t, m: sequence_token_logprobs(md, p, t, m, chunk_size=3))(
+        params, tokens, mask))
+    assert got.shape == (2, 2, 7)
+    tok, msk = tokens.reshape(4, 8), mask.reshape(4, 8)
+    logits = np_llama_logits(params, cfg, tok[:, :-1], np_positions(msk)[:, :-1], msk[:, :-1])
+    want = np.take_along_axis(np_log_softmax(logits), tok[:, 1:, None], -1)[..., 0].reshape(2, 2, 7)
+    scored = (mask[..., :-1] > 0) & (mask[..., 1:] > 0)  # both the context token and the target are real
+    np.testing.assert_allclose(got[scored], want[scored], atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- RoPE frequencies
+
+
+def test_rope_frequencies_llama3_scaling():
+    cfg = tiny_cfg(d_model=128 * 4, head_dim=128, rope_theta=500_000.0, rope_scaling=(8.0, 1.0, 4.0, 8192.0))
+    got = np.asarray(rope_frequencies(cfg), np.float64)
+    unscaled = np_inv_freq(128, 500_000.0)
+    want = np_inv_freq(128, 500_000.0, (8.0, 1.0, 4.0, 8192.0))
+    assert got.shape == (64,)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=0)
+    # Hand-checked regimes. Wavelength 2*pi/f: < 8192/4 = 2048 unchanged; > 8192/1 divided by 8.
+    wavelen = 2 * np.pi / unscaled
+    high, low = wavelen < 2048, wavelen > 8192
+    medium = ~high & ~low
+    assert high.sum() > 10 and low.sum() > 10 and medium.sum() >= 3
+    assert got[0] == pytest.approx(1.0)  # the highest frequency is exactly 1 / theta**0
+    np.testing.assert_allclose(got[high], unscaled[high], rtol=2e-5)
+    np.testing.assert_allclose(got[low], unscaled[low] / 8.0, rtol=2e-5)
+    np.testing.assert_allclose(got[-1], unscaled[-1] / 8.0, rtol=2e-5)  # the lowest frequency
+    # In between, the scaled frequency lies strictly between f/8 and f, and grows towards f with f.
+    ratio = got[medium] / unscaled[medium]
+    assert np.all((ratio > 1 / 8) & (ratio < 1)), ratio
+    assert np.all(np.diff(ratio) < 0)  # index up = frequency down = ratio down
+    # Without scaling: plain 1 / theta**(2i/d).
+    np.testing.assert_allclose(np.asarray(rope_frequencies(tiny_cfg(head_dim=16, rope_theta=1e4))),
+                               1.0 / 1e4 ** (np.arange(8) / 8), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- invariances
+
+
+def test_scan_and_remat_do_not_change_loss_or_gradients():
+    base = tiny_cfg(n_layers=3)
+    params = perturbed_params(build(base), seed=6)
+    mask = np.array([[1] * 9 + [0] * 3, [0] * 2 + [1] * 10])
+    tokens = np.random.default_rng(6).integers(0, base.vocab_size, size=mask.shape).astype(np.int32)
+
+    def loss_and_grad(cfg):
+        md = build(cfg)
+        loss = lambda p: jnp.sum(sequence_token_logprobs(md, p, tokens, mask, chunk_size=5) * mask[:, 1:])
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    ref_loss, ref_grad = loss_and_grad(base)  # scan_layers=True, remat="none"
+    assert np.isfinite(ref_loss)
+    for scan in (True, False):
+        for remat in ("none", "full", "dots"):
+            if scan and remat == "none":
+                continue
+            cfg = tiny_cfg(n_layers=3, scan_layers=scan, remat=remat)
+            loss, grad = loss_and_grad(cfg)
+            np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-5, err_msg=f"{scan=} {remat=}")
+            jax.tree.map_with_path(
+                lambda path, a, b: np.testing.assert_allclose(
+                    a, b, rtol=0, atol=1e-5, err_msg=f"{scan=} {remat=} {jax.tree_util.keystr(path)}"),
+                grad, ref_grad)
+    # The gradient reaches every parameter.
+    jax.tree.map_with_path(lambda path, g: np.testing.assert_(np.abs(np.asarray(g)).max() > 0,
+                                                              jax.tree_util.keystr(path)), ref_grad)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize("padding", ["none", "left"])
+def test_kv_cache_decoding_matches_full_forward(padding):
+    cfg = tiny_cfg(n_heads=4, n_kv_heads=2)
+    md = build(cfg)
+    params = perturbed_params(md, seed=7)
+    mask = PADDINGS[padding]
+    B, T = mask.shape
+    S = T + 3  # cache slots past the end are never written and must stay invisible
+    tokens = np.random.default_rng(7).integers(0, cfg.vocab_size, size=mask.shape).astype(np.int32)
+    positions = np.asarray(positions_from_mask(jnp.asarray(mask)))
+    key_mask = np.concatenate([mask, np.ones((B, S - T), mask.dtype)], axis=1)
+
+    @jax.jit
+    def full(params):
+        return md.module(params)(tokens, positions, mask)[0]
+
+    @jax.jit
+    def step(params, tok, pos, cache, index):
+        return md.module(params)(tok, pos, key_mask, cache, index)
+
+    want = np.asarray(full(params))
+    real = mask > 0
+
+    # One token at a time.
+    cache = init_cache(cfg, B, S)
+    assert cache["k"].shape == (cfg.n_layers, B, S, cfg.n_kv_heads, cfg.head_dim)
+    outs = []
+    for t in range(T):
+        h, cache = step(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache, jnp.int32(t))
+        outs.append(np.asarray(h))
+    got = np.concatenate(outs, axis=1)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5, rtol=0)
+
+    # A 4-token prefill, then the rest one at a time (a [B, 1] query at cache_index 4, 5, ...).
+    cache = init_cache(cfg, B, S)
+    h0, cache = step(params, tokens[:, :4], positions[:, :4], cache, jnp.int32(0))
+    outs = [np.asarray(h0)]
+    for t in range(4, T):
+        h, cache = step(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache, jnp.int32(t))
+        outs.append(np.asarray(h))
+    got = np.concatenate(outs, axis=1)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5, rtol=0)
+    assert np.all(np.asarray(cache["k"])[:, :, T:] == 0)  # nothing written past the last token
+
+
+# ----------------------------------------------------------------------------- parameter layout
+
+
+def test_logical_axis_names_match_shapes_and_rules():
+    rule_names = {name for name, _ in RULES}
+    for tied in (True, False):
+        md = build(tiny_cfg(tie_embeddings=tied))
+        shapes = jax.tree_util.tree_flatten_with_path(md.shapes)[0]
+        specs, spec_def = jax.tree_util.tree_flatten_with_path(
+            md.logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+        assert jax.tree.structure(md.shapes) == jax.tree.structure(
+            jax.tree.map(lambda s: 0, md.logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)))
+        assert len(shapes) == len(specs)
+        for (path, sds), (spath, spec) in zip(shapes, specs):
+            name = jax.tree_util.keystr(path)
+            assert path == spath
+            assert isinstance(spec, PartitionSpec), name
+            assert len(spec) == len(sds.shape), (name, spec, sds.shape)
+            assert all(isinstance(a, str) for a in spec), (name, spec)  # every dimension is named
+            assert set(spec) <= rule_names, (name, spec)
+            if name.startswith("['layers']"):
+                assert spec[0] == "layers" and sds.shape[0] == md.cfg.n_layers, name
+        assert ("lm_head" in md.shapes) == (not tied)
+
+    # Spot checks against the published layout.
+    cfg = tiny_cfg()
+    md = build(cfg)
+    L, D, H, K, hd, F, V = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
+    assert md.logical_specs["embed"] == PartitionSpec("vocab", "embed")
+    assert md.logical_specs["layers"]["attn"]["wk"] == PartitionSpec("layers", "embed", "kv_heads", "head_dim")
+    assert md.logical_specs["layers"]["mlp"]["down"] == PartitionSpec("layers", "mlp", "embed")
+    expected = {"embed": (V, D), "lm_head": (D, V), "final_norm": {"scale": (D,)},
+                "layers": {"attn": {"wq": (L, D, H, hd), "wk": (L, D, K, hd), "wv": (L, D, K, hd),
+                                    "wo": (L, H, hd, D)},
+                           "mlp": {"gate": (L, D, F), "up": (L, D, F), "down": (L, F, D)},
+                           "attn_norm": {"scale": (L, D)}, "mlp_norm": {"scale": (L, D)}}}
+    assert jax.tree.map(lambda s: tuple(s.shape), md.shapes) == expected
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("name, published", [
+    ("llama3_8b", 8.03e9),       # Meta Llama 3 8B
+    ("llama2_7b", 6.74e9),       # Llama 2 7B (6,738,415,616)
+    ("llama3_1b", 1.236e9),      # Llama 3.2 1B, tied embeddings (1,235,814,400)
+    ("smollm2_135m", 134.5e6),   # SmolLM2-135M, tied embeddings (134,515,008)
+])
+def test_preset_sizes(name, published):
+    cfg = preset(name)
+    assert abs(cfg.num_params - published) <= 0.005 * published, cfg.num_params
+    md = build(cfg)  # abstract: shapes only, nothing allocated
+    leaves = jax.tree.leaves(md.shapes)
+    assert all(isinstance(s, jax.ShapeDtypeStruct) for s in leaves)
+    assert sum(math.prod(s.shape) for s in leaves) == cfg.num_params
+
+
+def test_exact_published_counts():
+    assert preset("llama2_7b").num_params == 6_738_415_616
+    assert preset("llama3_1b").num_params == 1_235_814_400
+
+
+# ----------------------------------------------------------------------------- config errors
+
+
+def test_heads_not_divisible_by_kv_heads():
+    with pytest.raises(ValueError, match=r"model\.n_heads"):
+        tiny_cfg(n_heads=6, n_kv_heads=4)
+    with pytest.raises(ValueError, match=r"model\.n_heads"):
+        preset("tiny", n_kv_heads=3)
