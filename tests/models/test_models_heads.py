@@ -29,7 +29,7 @@ def _inputs(B=2, T=12, D=16, V=40, seed=0):
 _jit_token_logprobs = jax.jit(token_logprobs, static_argnames=("chunk_size",))
 
 
-@pytest.mark.parametrize("chunk_size", [1, 4, 5, 12, 100])  # divides T=12, does not, == T, > T
+@pytest.mark.parametrize("chunk_size", [4, 5, 100])  # divides T=12, does not, > T
 def test_token_logprobs_matches_numpy(chunk_size):
     hidden, kernel, targets = _inputs()
     for temperature in (1.0, 0.7, 2.5):

@@ -5,6 +5,7 @@ layout, with `rotate_half`), grouped-query attention, SwiGLU and the Llama 3.1 R
 are re-implemented below in NumPy.
 """
 
+import functools
 import math
 
 import jax
@@ -117,9 +118,16 @@ def tiny_cfg(**kw):
     return LlamaConfig(**{**base, **kw})
 
 
+@functools.lru_cache(maxsize=None)
+def _init(cfg, seed):
+    model_def = build(cfg)
+    key = jax.random.key(seed)
+    return compiled(model_def.init, key)(key)  # as in training: init runs inside jit
+
+
 def perturbed_params(model_def, seed=0):
     """`ModelDef.init` parameters, with norm scales moved away from 1 so that they are exercised."""
-    params = model_def.init(jax.random.key(seed))
+    params = _init(model_def.cfg, seed)
     rng = np.random.default_rng(seed)
 
     def move(path, a):
@@ -130,14 +138,23 @@ def perturbed_params(model_def, seed=0):
     return jax.tree_util.tree_map_with_path(move, params)
 
 
+# Tiny programs: LLVM's optimisation passes dominate CPU compile time and buy nothing here.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def compiled(fn, *args):
+    """`jax.jit(fn)` compiled for `args` with `FAST_COMPILE` (same numerics, about half the compile time)."""
+    return jax.jit(fn).lower(*args).compile(FAST_COMPILE)
+
+
 def jax_logits(model_def, params, tokens, positions, mask):
-    @jax.jit
     def f(params, tokens, positions, mask):
         model = model_def.module(params)
         hidden, _ = model(tokens, positions, mask)
         return hidden @ model.head_kernel()
 
-    return np.asarray(f(params, tokens, positions, mask))
+    args = (params, tokens, positions, mask)
+    return np.asarray(compiled(f, *args)(*args))
 
 
 PADDINGS = {
@@ -189,7 +206,7 @@ def test_left_padding_is_invisible():
     """A left-padded sequence gives the same logits at its real tokens as the sequence on its own."""
     cfg = tiny_cfg()
     md = build(cfg)
-    params = perturbed_params(md, seed=2)
+    params = perturbed_params(md)
     tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, size=(1, 7)).astype(np.int32)
     mask = np.array([[0, 0, 0, 1, 1, 1, 1]])
     padded = jax_logits(md, params, tokens, np.asarray(positions_from_mask(jnp.asarray(mask))), mask)
@@ -201,11 +218,11 @@ def test_sequence_token_logprobs_matches_numpy():
     """Leading dims ([B, 2, T] pairs) are kept; log p(token[t+1] | prefix) from the NumPy logits."""
     cfg = tiny_cfg(tie_embeddings=True)
     md = build(cfg)
-    params = perturbed_params(md, seed=3)
+    params = perturbed_params(md)
     mask = np.array([[[1] * 6 + [0] * 2, [1] * 8], [[0, 0] + [1] * 6, [1] * 4 + [0] * 4]])  # [2, 2, 8]
     tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, size=mask.shape).astype(np.int32)
-    got = np.asarray(jax.jit(lambda p, t, m: sequence_token_logprobs(md, p, t, m, chunk_size=3))(
-        params, tokens, mask))
+    got = np.asarray(compiled(lambda p, t, m: sequence_token_logprobs(md, p, t, m, chunk_size=3),
+                              params, tokens, mask)(params, tokens, mask))
     assert got.shape == (2, 2, 7)
     tok, msk = tokens.reshape(4, 8), mask.reshape(4, 8)
     logits = np_llama_logits(params, cfg, tok[:, :-1], np_positions(msk)[:, :-1], msk[:, :-1])
@@ -247,14 +264,14 @@ def test_rope_frequencies_llama3_scaling():
 
 def test_scan_and_remat_do_not_change_loss_or_gradients():
     base = tiny_cfg()
-    params = perturbed_params(build(base), seed=6)
+    params = perturbed_params(build(base))
     mask = np.array([[1] * 9 + [0] * 3, [0] * 2 + [1] * 10])
     tokens = np.random.default_rng(6).integers(0, base.vocab_size, size=mask.shape).astype(np.int32)
 
     def loss_and_grad(cfg):
         md = build(cfg)
         loss = lambda p: jnp.sum(sequence_token_logprobs(md, p, tokens, mask, chunk_size=5) * mask[:, 1:])
-        return jax.jit(jax.value_and_grad(loss))(params)
+        return compiled(jax.value_and_grad(loss), params)(params)
 
     ref_loss, ref_grad = loss_and_grad(base)  # scan_layers=True, remat="none"
     assert np.isfinite(ref_loss)
@@ -277,45 +294,44 @@ def test_scan_and_remat_do_not_change_loss_or_gradients():
 # ----------------------------------------------------------------------------- KV cache
 
 
-@pytest.mark.parametrize("padding", ["none", "left"])
-def test_kv_cache_decoding_matches_full_forward(padding):
-    cfg = tiny_cfg(n_heads=4, n_kv_heads=2)
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
+def test_kv_cache_decoding_matches_full_forward(scan_layers):
+    cfg = tiny_cfg(n_heads=4, n_kv_heads=2, scan_layers=scan_layers)
     md = build(cfg)
-    params = perturbed_params(md, seed=7)
-    mask = PADDINGS[padding]
+    params = perturbed_params(build(tiny_cfg()))  # same parameter tree either way
+    mask = np.array([[1] * 7, [0] * 3 + [1] * 4])  # no padding; left padding
     B, T = mask.shape
     S = T + 3  # cache slots past the end are never written and must stay invisible
     tokens = np.random.default_rng(7).integers(0, cfg.vocab_size, size=mask.shape).astype(np.int32)
     positions = np.asarray(positions_from_mask(jnp.asarray(mask)))
     key_mask = np.concatenate([mask, np.ones((B, S - T), mask.dtype)], axis=1)
 
-    @jax.jit
-    def full(params):
-        return md.module(params)(tokens, positions, mask)[0]
-
-    @jax.jit
-    def step(params, tok, pos, cache, index):
-        return md.module(params)(tok, pos, key_mask, cache, index)
-
+    full = compiled(lambda p: md.module(p)(tokens, positions, mask)[0], params)
     want = np.asarray(full(params))
     real = mask > 0
 
-    # One token at a time.
+    def step(params, tok, pos, cache, index):
+        return md.module(params)(tok, pos, key_mask, cache, index)
+
     cache = init_cache(cfg, B, S)
     assert cache["k"].shape == (cfg.n_layers, B, S, cfg.n_kv_heads, cfg.head_dim)
+    step1 = compiled(step, params, tokens[:, :1], positions[:, :1], cache, jnp.int32(0))
+    step4 = compiled(step, params, tokens[:, :4], positions[:, :4], cache, jnp.int32(0))
+
+    # One token at a time.
     outs = []
     for t in range(T):
-        h, cache = step(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache, jnp.int32(t))
+        h, cache = step1(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache, jnp.int32(t))
         outs.append(np.asarray(h))
     got = np.concatenate(outs, axis=1)
     np.testing.assert_allclose(got[real], want[real], atol=1e-5, rtol=0)
 
     # A 4-token prefill, then the rest one at a time (a [B, 1] query at cache_index 4, 5, ...).
     cache = init_cache(cfg, B, S)
-    h0, cache = step(params, tokens[:, :4], positions[:, :4], cache, jnp.int32(0))
+    h0, cache = step4(params, tokens[:, :4], positions[:, :4], cache, jnp.int32(0))
     outs = [np.asarray(h0)]
     for t in range(4, T):
-        h, cache = step(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache, jnp.int32(t))
+        h, cache = step1(params, tokens[:, t:t + 1], positions[:, t:t + 1], cache, jnp.int32(t))
         outs.append(np.asarray(h))
     got = np.concatenate(outs, axis=1)
     np.testing.assert_allclose(got[real], want[real], atol=1e-5, rtol=0)
@@ -380,8 +396,11 @@ def test_preset_sizes(name, published):
 
 
 def test_exact_published_counts():
+    """The exact parameter counts of the released checkpoints (Hugging Face model cards / safetensors)."""
+    assert preset("llama3_8b").num_params == 8_030_261_248
     assert preset("llama2_7b").num_params == 6_738_415_616
     assert preset("llama3_1b").num_params == 1_235_814_400
+    assert preset("smollm2_135m").num_params == 134_515_008
 
 
 # ----------------------------------------------------------------------------- config errors
