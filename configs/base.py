@@ -6,7 +6,7 @@ Override any value on the command line: `python -m pjax.train --config=configs/d
 
 from ml_collections import ConfigDict
 
-from pjax.models.llama import PRESETS, LlamaConfig
+from pjax.models.llama import resolved
 
 # Logical axis -> mesh axis (or axes, or None = replicated). The one sharding table: parameters and
 # activations name logical axes; nothing else names mesh axes.
@@ -26,17 +26,20 @@ RULES = (
     ("act_seq", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
 )
 
 
 def model_config(preset: str, **overrides) -> ConfigDict:
-    """Every `LlamaConfig` field, filled from a preset (so each can be overridden by flag)."""
-    fields = {f: getattr(LlamaConfig, f) for f in LlamaConfig.__dataclass_fields__
-              if hasattr(LlamaConfig, f)}
-    values = {**fields, **PRESETS[preset], **overrides}
+    """Every `LlamaConfig` field, filled from a preset, so each can be overridden by flag.
+
+    `base_preset` records which preset filled the fields: overriding `model.preset` switches every
+    field that still has that preset's value (see `pjax.train.model_config`).
+    """
+    values = {**resolved(preset), **overrides}
     values["rope_scaling"] = tuple(values["rope_scaling"])
-    return ConfigDict({"preset": preset, **values})
+    return ConfigDict({"preset": preset, "base_preset": preset, **values})
 
 
 def get_config() -> ConfigDict:
@@ -88,7 +91,7 @@ def get_config() -> ConfigDict:
         progress=True,
     ))
 
-    c.generate = ConfigDict(dict(max_new_tokens=24, temperature=1.0, top_k=0, top_p=1.0))
+    c.generate = ConfigDict(dict(max_new_tokens=24))  # evaluation samples (at temperature 1, for the KL)
 
     c.mesh = ConfigDict(dict(shape=(1, -1, 1)))  # over ('data', 'fsdp', 'tensor'); one -1 takes the rest
     c.sharding = ConfigDict(dict(rules=RULES))

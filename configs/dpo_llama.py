@@ -1,8 +1,9 @@
 """DPO at real scale: the Llama 3 8B shape, FSDP over every device (e.g. a v5p-64 or 8 x H100).
 
 Parameters, optimizer state and the frozen reference are sharded over `fsdp`; compute in bfloat16
-with float32 master weights; full rematerialisation of each layer. Point `init_from` at an SFT export
-(or an imported Hugging Face checkpoint). The synthetic task stands in for data until a dataset is set.
+with float32 master weights; full rematerialisation of each layer. `init_from` is the export of
+`configs/sft_llama.py`. The synthetic task stands in for data until a dataset is set (its rows are
+short: raise `data.max_len` for real data).
 """
 
 from configs import base
@@ -22,6 +23,6 @@ def get_config():
     c.train.steps = 2000
     c.train.batch_size = 64
     c.train.logprob_chunk = 256
-    c.data.max_len = 2048
+    c.data.max_len = 512
     c.mesh.shape = (1, -1, 1)
     return c

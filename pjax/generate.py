@@ -17,6 +17,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from pjax import sharding
 from pjax.models import ModelDef, init_cache, positions_from_mask
 
 Array = jax.Array
@@ -49,6 +50,9 @@ def generate(model_def: ModelDef, params: Any, prompt_tokens: Array, prompt_mask
     Returns `tokens`/`mask` `[B, P + N]` (prompt then completion), `completion_mask` `[B, P + N]`,
     `completion` `[B, N]`, `logprobs` `[B, N]` (0 after the end), and `lengths` `[B]` (EOS included).
     """
+    if not 0.0 < top_p <= 1.0 or top_k < 0 or temperature < 0:
+        raise ValueError(f"sampling: need 0 < top_p <= 1, top_k >= 0, temperature >= 0 "
+                         f"(got top_p={top_p}, top_k={top_k}, temperature={temperature})")
     chex.assert_rank(prompt_tokens, 2)
     chex.assert_equal_shape((prompt_tokens, prompt_mask))
     B, P = prompt_tokens.shape
@@ -60,7 +64,8 @@ def generate(model_def: ModelDef, params: Any, prompt_tokens: Array, prompt_mask
 
     prompt_mask = prompt_mask.astype(jnp.int32)
     key_mask = jnp.concatenate([prompt_mask, jnp.zeros((B, N), jnp.int32)], axis=1)
-    cache = init_cache(model_def.cfg, B, P + N)
+    cache = jax.tree.map(lambda c: sharding.constrain(c, (None, "act_batch", None, "act_kv_heads", None)),
+                         init_cache(model_def.cfg, B, P + N))
     hidden, cache = model(prompt_tokens, positions_from_mask(prompt_mask), key_mask, cache, 0)
     next_position = prompt_mask.sum(-1)
 

@@ -22,7 +22,9 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
         raise ValueError(f"optim.schedule={cfg.schedule!r}: expected cosine, linear or constant")
     if warmup == 0:
         return after
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
+    # Linear warm-up whose first step already moves: lr * (step + 1) / warmup.
+    ramp = lambda step: cfg.lr * (step + 1) / warmup  # noqa: E731
+    return optax.join_schedules([ramp, after], [warmup])
 
 
 def make_optimizer(cfg, total_steps: int, logical_specs: Any) -> optax.GradientTransformation:

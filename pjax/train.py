@@ -25,6 +25,7 @@ from ml_collections import ConfigDict
 from pjax import checkpoint, losses, models, sharding
 from pjax.losses import LossInputs
 from pjax.metrics import MetricWriter
+from pjax.models import llama as presets
 from pjax.models.llama import LlamaConfig
 from pjax.optim import make_optimizer, schedule
 
@@ -37,8 +38,19 @@ State = dict[str, Any]
 
 
 def model_config(config: ConfigDict) -> LlamaConfig:
-    values = {k: v for k, v in config.model.items() if k != "preset"}
-    values["rope_scaling"] = tuple(values["rope_scaling"])
+    """The model config: `model.preset`, with every field that the config changed from the preset its
+    fields were filled from (`model.base_preset`). So `--config.model.preset=llama3_1b` switches the
+    whole shape, and `--config.model.d_model=256` changes one field, and both can be combined."""
+    m = config.model
+    fields = [f for f in LlamaConfig.__dataclass_fields__]
+    try:
+        preset_values, base_values = presets.resolved(m.preset), presets.resolved(m.base_preset)
+    except ValueError as e:
+        raise ValueError(f"model.preset: {e}") from e
+    values = {}
+    for f in fields:
+        current = tuple(m[f]) if f == "rope_scaling" else m[f]
+        values[f] = current if current != base_values[f] else preset_values[f]
     try:
         return LlamaConfig(**values)
     except TypeError as e:
@@ -54,14 +66,20 @@ def validate(config: ConfigDict) -> None:
     if (PHASES[config.phase] == "PAIR") != wants_pairs:
         raise ValueError(f"loss.name={config.loss.name!r} ({objective.data_shape}) does not fit "
                          f"phase={config.phase!r} (data shape {PHASES[config.phase]})")
-    for key in ("steps", "batch_size", "log_every", "save_every", "logprob_chunk"):
+    for key in ("steps", "batch_size", "log_every", "save_every", "logprob_chunk", "keep_checkpoints"):
         if config.train[key] <= 0:
             raise ValueError(f"train.{key}={config.train[key]} must be positive")
-    if config.loss.beta <= 0:
-        raise ValueError(f"loss.beta={config.loss.beta} must be positive")
+    for key, value in (("loss.beta", config.loss.beta), ("optim.lr", config.optim.lr),
+                       ("generate.max_new_tokens", config.generate.max_new_tokens)):
+        if value <= 0:
+            raise ValueError(f"{key}={value} must be positive")
+    if config.optim.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps={config.optim.warmup_steps} must be >= 0")
     if config.data.task != "synthetic":
         raise ValueError(f"data.task={config.data.task!r}: only 'synthetic' is built in so far")
-    model_config(config)  # raises with the key named
+    cfg = model_config(config)  # raises with the key named
+    if config.data.max_len > cfg.max_seq_len:
+        raise ValueError(f"data.max_len={config.data.max_len} exceeds model.max_seq_len={cfg.max_seq_len}")
 
 
 def validate_for_mesh(config: ConfigDict, mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh) -> None:
@@ -91,8 +109,10 @@ class Setup:
         return {k: sharding.batch_sharding(self.mesh, rules, np.ndim(v)) for k, v in batch.items()}
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Place a global host batch: each device receives only its own slice."""
         shardings = self.batch_sharding(batch)
-        return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+        return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
+                for k, v in batch.items()}
 
     def init_state(self, seed: int) -> State:
         init = jax.jit(lambda rng: self.state_from_params(self.model_def.init(rng)),
@@ -227,7 +247,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
                                             async_save=config.train.async_checkpoint)
         needs_reference = losses.get(config.loss.name).needs_reference
         if config.init_from and (needs_reference or ckpts.latest_step() is None):
-            checkpoint.check_model_matches(config.init_from, dict(config.model))
+            checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg))
         state, source = checkpoint.resume(ckpts, config.init_from, setup.abstract_state,
                                           fresh=lambda: setup.init_state(config.seed),
                                           with_params=setup.state_around)
@@ -250,35 +270,44 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
     tc = config.train
     step_fn = TrainStep(setup)
     start = int(jax.device_get(state["step"]))
+    if start > tc.steps:
+        raise ValueError(f"train.steps={tc.steps} is below the step {start} of the checkpoint in "
+                         f"{ckpts.directory}; raise train.steps or use a new workdir")
     writer = MetricWriter(workdir)
     history: list[dict[str, float]] = []
     progress = None
     if tc.progress and jax.process_index() == 0:
         from tqdm import tqdm
 
-        progress = tqdm(total=tc.steps, initial=start, desc=config.phase, dynamic_ncols=True)
+        progress = tqdm(total=tc.steps, initial=start, desc=config.phase, dynamic_ncols=True,
+                        disable=None)  # None: shown on a terminal, silent in logs
     tokens, t0 = 0, time.perf_counter()
-    pending = None
     for step in range(start, tc.steps):
         host_batch = batch_at(arrays, step, tc.batch_size, config.seed)
-        tokens += int(host_batch["mask"].sum())
         state, metrics = step_fn(state, ref_params, setup.device_batch(host_batch))
         done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            elapsed = time.perf_counter() - t0
-            metrics["tokens_per_sec"] = tokens / max(elapsed, 1e-9)
+        if step == start:  # keep compilation out of the throughput figures
+            jax.block_until_ready(metrics)
             tokens, t0 = 0, time.perf_counter()
-            if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"non-finite loss at step {done}: {metrics}; last checkpoint "
-                                         f"step {ckpts.latest_step()}")
+        else:
+            tokens += int(host_batch["mask"].sum())
+        log_now, save_now = done % tc.log_every == 0 or done == tc.steps, done % tc.save_every == 0
+        if log_now or save_now:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics["grad_norm"]):
+                raise FloatingPointError(f"non-finite loss or gradient at step {done} (not saved): {metrics}; "
+                                         f"last checkpoint: step {ckpts.latest_step()} in {ckpts.directory}")
+        if log_now:
+            elapsed = time.perf_counter() - t0
+            metrics["tokens_per_sec"] = tokens / elapsed if tokens else float("nan")
+            tokens, t0 = 0, time.perf_counter()
             writer.write(done, metrics)
             history.append({"step": done, **metrics})
             if progress is not None:
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
         if progress is not None:
             progress.update(1)
-        if done % tc.save_every == 0 and done != tc.steps:
+        if save_now and done != tc.steps:
             ckpts.save(done, state)
     if progress is not None:
         progress.close()
@@ -288,7 +317,8 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
     writer.close()
     export_dir = workdir / "export"
     checkpoint.export_params(export_dir, state["params"], {
-        "phase": config.phase, "step": tc.steps, "model": dict(config.model), "init_from": config.init_from,
+        "phase": config.phase, "step": tc.steps, "model": dataclasses.asdict(setup.model_def.cfg),
+        "init_from": config.init_from,
         "resumed_from": source, "loss": dict(config.loss), "data": dict(config.data),
     })
     log.info("exported params to %s", export_dir)

@@ -17,7 +17,7 @@ def tiny(cfg, workdir, cache_dir, steps=4):
     cfg.train.log_every = 1
     cfg.train.save_every = 2
     cfg.train.progress = False
-    cfg.optim.warmup_steps = 1
+    cfg.optim.warmup_steps = 0  # every step updates (a warm-up step would have lr 0)
     return cfg
 
 

@@ -104,3 +104,49 @@ def test_missing_parent_export_is_named(tiny_configs):
     _, dpo = tiny_configs
     with pytest.raises(FileNotFoundError, match="init_from=.*sft/export"):
         train.run(dpo)
+
+
+def test_preset_switch_and_field_override(tiny_configs):
+    sft, _ = tiny_configs
+    sft.model.preset = "llama3_1b"
+    cfg = train.model_config(sft)
+    assert (cfg.d_model, cfg.n_layers, cfg.vocab_size, cfg.rope_scaling) == (2048, 16, 128256, (32.0, 1.0, 4.0, 8192.0))
+    sft.model.n_layers = 4  # a field changed by the config wins over the preset
+    assert train.model_config(sft).n_layers == 4
+    sft.model.preset = "nope"
+    with pytest.raises(ValueError, match="model.preset='nope'"):
+        train.validate(sft)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("train.keep_checkpoints", 0, "train.keep_checkpoints=0"),
+    ("optim.lr", 0.0, "optim.lr=0.0"),
+    ("optim.warmup_steps", -1, "optim.warmup_steps=-1"),
+    ("data.max_len", 4096, "data.max_len=4096 exceeds model.max_seq_len=256"),
+    ("model.n_kv_heads", 0, "model.n_kv_heads=0"),
+    ("model.rope_scaling", (8.0, 4.0, 1.0, 8192.0), "model.rope_scaling"),
+])
+def test_more_bad_values(tiny_configs, key, value, match):
+    sft, _ = tiny_configs
+    section, leaf = key.split(".")
+    sft[section][leaf] = value
+    with pytest.raises(ValueError, match=match):
+        train.validate(sft)
+
+
+def test_fewer_steps_than_the_checkpoint_is_an_error(tiny_configs):
+    sft, _ = tiny_configs
+    train.run(sft)
+    sft.train.steps = 2
+    with pytest.raises(ValueError, match="train.steps=2 is below the step 4"):
+        train.run(sft)
+
+
+def test_non_finite_state_is_never_saved(tiny_configs):
+    sft, _ = tiny_configs
+    sft.optim.lr = 1e30
+    sft.optim.grad_clip = 0.0
+    sft.train.steps, sft.train.log_every, sft.train.save_every = 6, 100, 2
+    with pytest.raises(FloatingPointError, match="non-finite .* at step 2 \\(not saved\\)"):
+        train.run(sft)
+    assert not (Path(sft.workdir) / "checkpoints" / "2").exists()

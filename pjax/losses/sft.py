@@ -12,8 +12,8 @@ from pjax.losses.registry import LossInputs, register
 def sft_loss(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     """Masked next-token cross-entropy, averaged over all scored tokens of the batch.
 
-    L = -sum_{b,t} m_bt log pi(y_bt | y_<t) / sum_{b,t} m_bt. On paired data the chosen row is used
-    (TRL's `sft` loss type in DPOTrainer).
+    L = -sum_{b,t} m_bt log pi(y_bt | y_<t) / sum_{b,t} m_bt. Given paired data it scores the chosen
+    row, as TRL's `sft` loss type in DPOTrainer does (for combining with a pairwise objective).
     """
     logps, mask = inputs.policy_logps, inputs.mask.astype(jnp.float32)
     if logps.ndim == 3:

@@ -53,6 +53,9 @@ class LlamaConfig:
     scan_layers: bool = True
 
     def __post_init__(self):
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"model.{key}={getattr(self, key)} must be positive")
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
         if self.n_heads % self.n_kv_heads:
@@ -61,8 +64,9 @@ class LlamaConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
-        if self.rope_scaling and len(self.rope_scaling) != 4:
-            raise ValueError("model.rope_scaling must be () or (factor, low_freq, high_freq, original_max_pos)")
+        if self.rope_scaling and (len(self.rope_scaling) != 4 or not self.rope_scaling[1] < self.rope_scaling[2]):
+            raise ValueError(f"model.rope_scaling={self.rope_scaling}: expected () or (factor, low_freq_factor, "
+                             "high_freq_factor, original_max_position) with low_freq_factor < high_freq_factor")
         for key in ("param_dtype", "dtype"):
             if getattr(self, key) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"model.{key}={getattr(self, key)!r}: expected float32, bfloat16 or float16")
@@ -78,7 +82,7 @@ class LlamaConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU tests and the demo. vocab_size is replaced by the tokenizer's when the config says 0.
+    # CPU tests and the demo (vocab 512 = the synthetic task's SentencePiece model).
     "tiny": dict(vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=352,
                  max_seq_len=256, tie_embeddings=True),
     "smollm2_135m": dict(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
@@ -94,10 +98,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset(name: str, **overrides: Any) -> LlamaConfig:
+def resolved(name: str) -> dict[str, Any]:
+    """Every LlamaConfig field for preset `name` (the preset's values over the defaults)."""
     if name not in PRESETS:
         raise ValueError(f"model.preset={name!r}: expected one of {sorted(PRESETS)}")
-    return LlamaConfig(**{**PRESETS[name], **overrides})
+    defaults = {f.name: f.default for f in dataclasses.fields(LlamaConfig)
+                if f.default is not dataclasses.MISSING}
+    values = {**defaults, **PRESETS[name]}
+    values["rope_scaling"] = tuple(values["rope_scaling"])
+    return values
+
+
+def preset(name: str, **overrides: Any) -> LlamaConfig:
+    return LlamaConfig(**{**resolved(name), **overrides})
 
 
 def _dtype(name: str):
