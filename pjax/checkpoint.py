@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,10 +66,39 @@ def export_params(directory: str | os.PathLike, params: Any, metadata: dict[str,
     ckpt.wait_until_finished()
     ckpt.close()
     if jax.process_index() == 0:
-        tmp = directory / (EXPORT_METADATA + ".tmp")
-        tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, directory / EXPORT_METADATA)
+        _write_json(directory / EXPORT_METADATA, {**metadata, "export_id": uuid.uuid4().hex})
     return directory
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+PARENT_PIN = "parent.json"
+
+
+def pin_parent(workdir: str | os.PathLike, init_from: str, resuming: bool) -> None:
+    """Record which parent export a phase started from, and refuse to resume from a different one.
+
+    A resumed DPO run must keep the reference it started with: if `init_from` was cleared, or the
+    export there was rewritten since (a new `export_id`), resuming would silently change it.
+    """
+    path = _abs(workdir) / PARENT_PIN
+    meta = export_metadata(init_from) if init_from else None
+    current = {"init_from": str(_abs(init_from)) if init_from else "",
+               "export_id": meta.get("export_id") if meta else None}
+    if resuming and path.exists():
+        pinned = json.loads(path.read_text())
+        if pinned != current:
+            raise ValueError(
+                f"init_from={init_from!r} (export_id {current['export_id']}) differs from the parent export this "
+                f"run started from ({pinned['init_from']!r}, export_id {pinned['export_id']}), recorded in {path}; "
+                "resuming would change the initialisation and the reference. Restore init_from or use a new workdir."
+            )
+    elif jax.process_index() == 0:
+        _write_json(path, current)
 
 
 def export_metadata(directory: str | os.PathLike) -> dict[str, Any] | None:

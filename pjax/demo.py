@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
 import jax
 
 from configs import dpo_tiny, sft_tiny
-from pjax import checkpoint, eval as evaluation, models, sharding, train
+from pjax import checkpoint, eval as evaluation, logs, models, sharding, train
 from pjax.data import batching
 
 
@@ -77,8 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/demo")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logs.configure()
     workdir = Path(args.workdir).resolve()
     sft, dpo = phase_configs(workdir)
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from pjax import checkpoint, losses, models, sharding
+from pjax import checkpoint, logs, losses, models, sharding
 from pjax.losses import LossInputs
 from pjax.metrics import MetricWriter
 from pjax.models import llama as presets
@@ -248,6 +248,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         needs_reference = losses.get(config.loss.name).needs_reference
         if config.init_from and (needs_reference or ckpts.latest_step() is None):
             checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg))
+        checkpoint.pin_parent(workdir, config.init_from, resuming=ckpts.latest_step() is not None)
         state, source = checkpoint.resume(ckpts, config.init_from, setup.abstract_state,
                                           fresh=lambda: setup.init_state(config.seed),
                                           with_params=setup.state_around)
@@ -316,6 +317,10 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
     ckpts.close()
     writer.close()
     export_dir = workdir / "export"
+    existing = checkpoint.export_metadata(export_dir)
+    if start == tc.steps and existing is not None and existing.get("step") == tc.steps:
+        log.info("phase already complete at step %d; keeping its export %s", tc.steps, export_dir)
+        return {"history": history, "export": str(export_dir), "workdir": str(workdir), "source": source}
     checkpoint.export_params(export_dir, state["params"], {
         "phase": config.phase, "step": tc.steps, "model": dataclasses.asdict(setup.model_def.cfg),
         "init_from": config.init_from,
@@ -327,8 +332,7 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
 
 def main(argv) -> None:
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
+    logs.configure()
     summary = run(_CONFIG.value)
     last = summary["history"][-1] if summary["history"] else {}
     print(json.dumps({"export": summary["export"], "final": last}, indent=2))

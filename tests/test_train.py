@@ -85,7 +85,6 @@ def test_resume_prefers_own_checkpoint_then_continues(tiny_configs, caplog):
     train.run(sft)
     caplog.set_level(logging.INFO, logger="pjax")
     sft.train.steps = 6
-    sft.init_from = "/nonexistent/export"  # would fail if it were used instead of the own checkpoint
     out = train.run(sft)
     assert out["source"] == "checkpoint:4"
     assert "resume: own checkpoint" in caplog.text
@@ -150,3 +149,21 @@ def test_non_finite_state_is_never_saved(tiny_configs):
     with pytest.raises(FloatingPointError, match="non-finite .* at step 2 \\(not saved\\)"):
         train.run(sft)
     assert not (Path(sft.workdir) / "checkpoints" / "2").exists()
+
+
+def test_resume_refuses_a_changed_parent_export(tiny_configs):
+    sft, dpo = tiny_configs
+    train.run(sft)
+    dpo.train.steps = 2
+    train.run(dpo)
+    first_id = json.loads((Path(sft.workdir) / "export" / "pjax.json").read_text())["export_id"]
+    train.run(sft)  # a rerun of a finished phase keeps its export
+    assert json.loads((Path(sft.workdir) / "export" / "pjax.json").read_text())["export_id"] == first_id
+    sft.train.steps = 6
+    train.run(sft)  # training further writes a new export at the same path
+    dpo.train.steps = 4
+    with pytest.raises(ValueError, match="differs from the parent export this run started from"):
+        train.run(dpo)
+    dpo.init_from = ""
+    with pytest.raises(ValueError, match="init_from=''"):
+        train.run(dpo)
