@@ -53,6 +53,9 @@ def get_config() -> ConfigDict:
 
     c.data = ConfigDict(dict(
         task="synthetic",
+        path="",  # JSONL training records (pjax.data.records); "" = the synthetic task's
+        list_size=4,  # synthetic LIST records: completions per prompt
+        precompute_ref=False,  # one reference pass before training, cached next to the data
         seed=0,
         num_sft=4000,
         num_pairs=4000,
@@ -66,7 +69,26 @@ def get_config() -> ConfigDict:
         cache_dir="",  # "" = $PJAX_CACHE or ~/.cache/pjax/synthetic
     ))
 
-    c.loss = ConfigDict(dict(name="sft", beta=0.1))
+    c.loss = ConfigDict(dict(
+        name="sft",  # a registry name (`python -m pjax.losses` lists them)
+        names=(),  # several objectives combined, e.g. ("sigmoid", "bco_pair", "sft") ...
+        weights=(),  # ... with these weights, e.g. (0.8, 0.2, 1.0) (the MPO recipe); default 1 each
+        beta=0.1,  # KL strength (DPO family), 1/(2 tau) target for IPO, lambda for ORPO
+        label_smoothing=0.0,  # epsilon: cDPO / rDPO flip rate, AOT smoothing, EXO (needs > 0, e.g. 1e-3)
+        f_divergence="reverse_kl",  # reverse_kl | forward_kl | js_divergence | alpha_divergence (f-DPO)
+        f_alpha=0.5,  # alpha of the alpha-divergence
+        ld_alpha=1.0,  # LD-DPO weight of tokens past the shorter response (1 = plain sums)
+        use_weighting=False,  # WPO per-pair weights
+        rpo_alpha=1.0,  # RPO: weight of the chosen NLL added to DPO
+        dpop_lambda=50.0,  # DPO-positive penalty
+        length_alpha=0.0,  # R-DPO length regulariser
+        discopop_tau=0.05,
+        simpo_gamma=0.5,  # SimPO / CPO-SimPO target margin
+        cpo_alpha=1.0,  # CPO: weight of the chosen NLL
+        desirable_weight=1.0,  # KTO / BCO
+        undesirable_weight=1.0,
+        pro_sft_weight=1.0,  # PRO: weight of the top response's NLL
+    ))
 
     c.optim = ConfigDict(dict(
         lr=1e-3,

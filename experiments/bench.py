@@ -144,7 +144,7 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
         raise ValueError("--steps must be >= 1 and --warmup >= 0")
     validate(config)
     cfg = model_config(config)
-    objective = losses.get(config.loss.name)
+    needs_reference = losses.needs_reference(config.loss)
     mesh = sharding.make_mesh(config.mesh.shape)
     validate_for_mesh(config, mesh)
     host_batch = random_batch(config, prompt_len, completion_len, seed=config.seed)
@@ -154,7 +154,7 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
     with jax.set_mesh(mesh), sharding.use_rules(config.sharding.rules):
         setup = make_setup(config, mesh)
         state = setup.init_state(config.seed)
-        ref_params = jax.tree.map(jnp.copy, state["params"]) if objective.needs_reference else None
+        ref_params = jax.tree.map(jnp.copy, state["params"]) if needs_reference else None
         batch = setup.device_batch(host_batch)
         jax.block_until_ready((state, ref_params, batch))
         t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
     devices = jax.devices()
     step_median = float(np.median(times))
     step_p90 = float(np.percentile(times, 90))
-    flops = tokens_per_step * flops_per_token(cfg, T, objective.needs_reference)
+    flops = tokens_per_step * flops_per_token(cfg, T, needs_reference)
     achieved = flops / step_median
     mfu = achieved / (peak_flops * len(devices)) if peak_flops else None
 
@@ -198,7 +198,7 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
         "overrides": overrides or {},
         "phase": config.phase,
         "loss": config.loss.name,
-        "reference_forward": objective.needs_reference,
+        "reference_forward": needs_reference,
         "platform": devices[0].platform,
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
@@ -223,7 +223,7 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
         "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step / step_median,
         "flop_formula": FLOP_FORMULA,
-        "flops_per_token": flops_per_token(cfg, T, objective.needs_reference),
+        "flops_per_token": flops_per_token(cfg, T, needs_reference),
         "flops_per_step": flops,
         "achieved_tflops": achieved / 1e12,
         "peak_flops_per_device": peak_flops,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +32,9 @@ from pjax.optim import make_optimizer, schedule
 
 log = logging.getLogger("pjax")
 
-# phase -> the data shape its batches have, and the objective data shapes it accepts
-PHASES = {"sft": "SEQ", "dpo": "PAIR"}
+# phase -> the data shapes (of `pjax.losses` objectives) it trains on. `dpo` is the offline
+# preference phase: any objective of the catalogue (pairwise, step-level, unpaired or listwise).
+PHASES = {"sft": ("SEQ",), "dpo": ("PAIR", "STEP", "UNP", "LIST")}
 
 State = dict[str, Any]
 
@@ -61,11 +63,10 @@ def validate(config: ConfigDict) -> None:
     """Start-up checks that name the offending key."""
     if config.phase not in PHASES:
         raise ValueError(f"phase={config.phase!r}: expected one of {sorted(PHASES)}")
-    objective = losses.get(config.loss.name)
-    wants_pairs = objective.data_shape.startswith("PAIR")
-    if (PHASES[config.phase] == "PAIR") != wants_pairs:
-        raise ValueError(f"loss.name={config.loss.name!r} ({objective.data_shape}) does not fit "
-                         f"phase={config.phase!r} (data shape {PHASES[config.phase]})")
+    kind = losses.data_kind(config.loss)  # also checks the names and weights
+    if kind not in PHASES[config.phase]:
+        raise ValueError(f"loss.name={config.loss.name!r} (data shape {kind}) does not fit "
+                         f"phase={config.phase!r} (data shapes {PHASES[config.phase]})")
     for key in ("steps", "batch_size", "log_every", "save_every", "logprob_chunk", "keep_checkpoints"):
         if config.train[key] <= 0:
             raise ValueError(f"train.{key}={config.train[key]} must be positive")
@@ -120,7 +121,8 @@ class Setup:
         return init(jax.random.key(seed))
 
     def state_from_params(self, params: Any) -> State:
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params),
+                "loss_state": losses.init_state(self.config.loss)}
 
     def state_around(self, params: Any) -> State:
         """A fresh optimizer state around loaded params, sharded like the train state."""
@@ -135,12 +137,13 @@ def make_setup(config: ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
     rules = config.sharding.rules
     param_shardings = sharding.tree_shardings(model_def.logical_specs, model_def.shapes, mesh, rules)
     tx = make_optimizer(config.optim, config.train.steps, model_def.logical_specs)
-    abstract = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,
-                                         "opt_state": tx.init(p)}, model_def.shapes)
+    abstract = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p),
+                                         "loss_state": losses.init_state(config.loss)}, model_def.shapes)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_shardings,
                                           transform_non_params=lambda _: replicated)
-    state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
+    state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,
+                       "loss_state": jax.tree.map(lambda _: replicated, abstract["loss_state"])}
     abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   abstract, state_shardings)
     return Setup(config, mesh, model_def, tx, schedule(config.optim, config.train.steps), param_shardings,
@@ -148,20 +151,41 @@ def make_setup(config: ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 
 
 def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
-    """`loss_fn(params, ref_params, batch) -> (loss, metrics)` for the configured objective."""
-    objective = losses.get(config.loss.name)
+    """`loss_fn(params, ref_params, batch, loss_state) -> (loss, (metrics, new_loss_state))`.
+
+    Computes the per-token log-probs the configured objectives need (the policy's; the reference's
+    unless the batch carries precomputed `ref_logps`; KTO's mismatched `kl_*` rows; WPO's
+    `log sum p^2`) and hands them to `losses.combined`.
+    """
+    cfg = config.loss
+    needs_ref = losses.needs_reference(cfg)
     chunk = config.train.logprob_chunk
+    weighting = bool(cfg.use_weighting)
 
-    def logps(params, batch):
-        return models.sequence_token_logprobs(model_def, params, batch["tokens"], batch["mask"],
-                                              chunk_size=chunk)
+    def logps(params, tokens, mask, with_log_sum_p2=False):
+        return models.sequence_token_logprobs(model_def, params, tokens, mask, chunk_size=chunk,
+                                              with_log_sum_p2=with_log_sum_p2)
 
-    def loss_fn(params, ref_params, batch):
-        ref = None
-        if objective.needs_reference:
-            ref = batch["ref_logps"] if "ref_logps" in batch else jax.lax.stop_gradient(logps(ref_params, batch))
-        inputs = LossInputs(policy_logps=logps(params, batch), mask=batch["completion_mask"][..., 1:], ref_logps=ref)
-        return objective.fn(inputs, config.loss)
+    def reference(ref_params, batch, prefix=""):
+        if f"{prefix}ref_logps" in batch:
+            return batch[f"{prefix}ref_logps"]
+        return jax.lax.stop_gradient(logps(ref_params, batch[f"{prefix}tokens"], batch[f"{prefix}mask"]))
+
+    def loss_fn(params, ref_params, batch, loss_state):
+        out = logps(params, batch["tokens"], batch["mask"], with_log_sum_p2=weighting)
+        policy, log_sum_p2 = out if weighting else (out, None)
+        extra = {}
+        if "kl_tokens" in batch:
+            extra = dict(kl_policy_logps=logps(params, batch["kl_tokens"], batch["kl_mask"]),
+                         kl_mask=batch["kl_completion_mask"][..., 1:])
+            if needs_ref:
+                extra["kl_ref_logps"] = reference(ref_params, batch, "kl_")
+        inputs = LossInputs(policy_logps=policy, mask=batch["completion_mask"][..., 1:],
+                            ref_logps=reference(ref_params, batch) if needs_ref else None,
+                            labels=batch.get("labels"), scores=batch.get("scores"),
+                            policy_log_sum_p2=log_sum_p2, state=loss_state, **extra)
+        loss, metrics, new_state = losses.combined(inputs, cfg)
+        return loss, (metrics, new_state)
 
     return loss_fn
 
@@ -180,11 +204,12 @@ class TrainStep:
 
     def step(self, state: State, ref_params: Any, batch: dict) -> tuple[State, dict]:
         tx, lr = self.setup.tx, self.setup.lr_schedule
-        (loss, metrics), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state["params"], ref_params, batch)
+        (loss, (metrics, loss_state)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+            state["params"], ref_params, batch, state["loss_state"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr(state["step"])}
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "loss_state": loss_state}, metrics
 
     def jitted(self, ref_params: Any, batch: dict) -> Callable:
         key = (ref_params is None, tuple(sorted((k, np.ndim(v)) for k, v in batch.items())))
@@ -201,18 +226,73 @@ class TrainStep:
 
 
 def load_data(config: ConfigDict):
-    """The synthetic task and the encoded training arrays for this phase."""
-    from pjax.data import batching, synthetic
+    """The synthetic task (tokenizer, gold reward, held-out split) and this phase's training arrays.
+
+    Training records come from `data.path` (JSONL, see `pjax.data.records`) when set, else from the
+    synthetic task, in the data shape the configured objectives need.
+    """
+    from pjax.data import records, synthetic
 
     task = synthetic.build_task(synthetic_config(config))
     if task.tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
                          f"{task.tokenizer.vocab_size}")
-    if config.phase == "sft":
-        arrays = batching.encode_sft(task.tokenizer, task.sft, config.data.max_len)
+    kind = losses.data_kind(config.loss)
+    if config.data.path:
+        rows = records.read_jsonl(config.data.path, kind)
+    elif kind == "SEQ":
+        rows = [{"prompt": p, "completion": c} for p, c in task.sft]
     else:
-        arrays = batching.encode_pairs(task.tokenizer, task.pairs, config.data.max_len)
-    return task, arrays
+        rows = synthetic.preference_records(synthetic_config(config), kind, list_size=config.data.list_size)
+    return task, records.encode(task.tokenizer, rows, kind, config.data.max_len)
+
+
+def reference_cache_path(config: ConfigDict, arrays: dict[str, np.ndarray]) -> Path:
+    """Where precomputed reference log-probs live: next to the JSONL data (or in the synthetic task's
+    cache), keyed by a hash of the reference checkpoint and of the encoded data."""
+    import hashlib
+
+    meta = checkpoint.export_metadata(config.init_from) if config.init_from else None
+    reference_id = meta["export_id"] if meta else f"fresh-init:{config.seed}:{json.dumps(dict(config.model), sort_keys=True)}"
+    digest = hashlib.sha256(reference_id.encode())
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    name = f"ref-logps-{digest.hexdigest()[:20]}.npz"
+    if config.data.path:
+        return Path(config.data.path).expanduser().resolve().with_name(Path(config.data.path).name + "." + name)
+    return Path(synthetic_config(config).cache_dir).expanduser() / name
+
+
+def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-token reference log-probs of every training row (and of KTO's mismatched rows), computed in
+    one pass and cached, so that training runs without a reference forward."""
+    config = setup.config
+    path = reference_cache_path(config, arrays)
+    if path.exists():
+        log.info("reference: precomputed log-probs from %s", path)
+        with np.load(path) as cached:
+            return dict(cached)
+    bs = config.train.batch_size
+    fn = jax.jit(lambda p, t, m: models.sequence_token_logprobs(setup.model_def, p, t, m,
+                                                                chunk_size=config.train.logprob_chunk))
+    out = {}
+    for prefix in ("", "kl_") if "kl_tokens" in arrays else ("",):
+        tokens, mask = arrays[f"{prefix}tokens"], arrays[f"{prefix}mask"]
+        n = len(tokens)
+        parts = []
+        for i in range(0, n, bs):
+            idx = np.arange(i, i + bs) % n  # the last batch wraps around; its extra rows are dropped
+            batch = setup.device_batch({"tokens": tokens[idx], "mask": mask[idx]})
+            parts.append(np.asarray(jax.device_get(fn(ref_params, batch["tokens"], batch["mask"]))))
+        out[f"{prefix}ref_logps"] = np.concatenate(parts)[:n]
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
+        np.savez(tmp, **out)
+        os.replace(tmp, path)
+    log.info("reference: computed log-probs for %d rows, cached at %s", len(arrays["tokens"]), path)
+    return out
 
 
 def synthetic_config(config: ConfigDict):
@@ -245,7 +325,7 @@ def run(config: ConfigDict) -> dict[str, Any]:
         task, arrays = load_data(config)
         ckpts = checkpoint.PhaseCheckpoints(workdir, keep=config.train.keep_checkpoints,
                                             async_save=config.train.async_checkpoint)
-        needs_reference = losses.get(config.loss.name).needs_reference
+        needs_reference = losses.needs_reference(config.loss)
         if config.init_from and (needs_reference or ckpts.latest_step() is None):
             checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg))
         checkpoint.pin_parent(workdir, config.init_from, resuming=ckpts.latest_step() is not None)
@@ -261,6 +341,9 @@ def run(config: ConfigDict) -> dict[str, Any]:
                 ref_params = jax.tree.map(jnp.copy, state["params"]) if source == "fresh" else \
                     setup.init_state(config.seed)["params"]
                 log.warning("reference: no init_from; using the fresh initial params as the reference")
+            if config.data.precompute_ref:
+                arrays = {**arrays, **precomputed_reference(setup, ref_params, arrays)}
+                ref_params = None  # the step reads `ref_logps` from the batch: no reference forward
         history = train_loop(setup, state, ref_params, arrays, ckpts, batching.batch_at, workdir, source)
     return history
 

@@ -1,8 +1,14 @@
 """Shared fixtures: tiny configs that run in seconds and write under a temporary directory."""
 
-import pytest
+import os
 
-from configs import dpo_tiny, sft_tiny
+# Tiny programs: LLVM's optimisation passes dominate CPU compile time and buy nothing here (the
+# numerics are the same). Set before JAX initialises its backend; subprocess tests set their own.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+import pytest  # noqa: E402
+
+from configs import dpo_tiny, sft_tiny  # noqa: E402
 
 
 def tiny(cfg, workdir, cache_dir, steps=4):

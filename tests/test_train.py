@@ -157,3 +157,22 @@ def test_resume_refuses_a_changed_parent_export(tiny_configs):
     dpo.init_from = ""
     with pytest.raises(ValueError, match="init_from=''"):
         train.run(dpo)
+
+
+def test_precomputed_reference_gives_the_same_losses(tiny_configs, caplog):
+    sft, dpo = tiny_configs
+    train.run(sft)
+    base = [row["loss"] for row in train.run(dpo)["history"]]
+    caplog.set_level(logging.INFO, logger="pjax")
+    dpo.workdir = dpo.workdir + "_precomputed"
+    dpo.data.precompute_ref = True
+    out = train.run(dpo)
+    assert "reference: computed log-probs" in caplog.text
+    cached = list((Path(dpo.data.cache_dir)).glob("ref-logps-*.npz"))
+    assert len(cached) == 1
+    np.testing.assert_allclose([row["loss"] for row in out["history"]], base, rtol=0, atol=1e-6)
+    # a second run reads the cache instead of recomputing
+    caplog.clear()
+    dpo.workdir = dpo.workdir + "_again"
+    train.run(dpo)
+    assert "reference: precomputed log-probs from" in caplog.text

@@ -96,7 +96,7 @@ MIN_COMPLETION_WORDS, MAX_COMPLETION_WORDS = 6, 14
 REWARD_SCALE, REWARD_CLIP = 3.0, 3.0
 _P_NEUTRAL_ADJ = 0.25
 _TOKENIZER_SEED, _TOKENIZER_LINES = 12345, 3000
-_STREAMS = {"sft": 0, "pairs": 1, "heldout_prompts": 2, "heldout_pairs": 3}
+_STREAMS = {"sft": 0, "pairs": 1, "heldout_prompts": 2, "heldout_pairs": 3, "list": 4, "unpaired": 5, "step": 6}
 
 
 def gold_reward(completion: str) -> float:
@@ -278,3 +278,52 @@ def build_task(cfg: SyntheticConfig) -> SyntheticTask:
         tokenizer=load_or_train_tokenizer(cfg),
         gold_reward=gold_reward,
     )
+
+
+def preference_records(cfg: SyntheticConfig, kind: str, *, list_size: int = 4) -> list[dict]:
+    """`cfg.num_pairs` training records of a data shape, in the JSONL record format of `pjax.data.records`.
+
+    PAIR: the Bradley-Terry labelled pairs. LIST: `list_size` base completions per prompt with their
+    gold rewards as scores. UNP: one completion with label = gold reward > 0 (flipped with
+    probability `label_noise`). STEP: a shared first part of a completion (`prefix`) and two
+    different next steps, the chosen one by Bradley-Terry sampling on the gold reward of prefix + step.
+    """
+    if kind == "PAIR":
+        rng = _rng(cfg.seed, "pairs")
+        return [dict(zip(("prompt", "chosen", "rejected"), _sample_pair(rng, sample_prompt(rng), cfg)))
+                for _ in range(cfg.num_pairs)]
+    if kind == "LIST":
+        if list_size < 2:
+            raise ValueError(f"data.list_size={list_size} must be >= 2")
+        rng = _rng(cfg.seed, "list")
+        rows = []
+        for _ in range(cfg.num_pairs):
+            prompt, completions = sample_prompt(rng), [sample_completion(rng) for _ in range(list_size)]
+            rows.append({"prompt": prompt, "completions": completions,
+                         "scores": [gold_reward(c) for c in completions]})
+        return rows
+    if kind == "UNP":
+        rng = _rng(cfg.seed, "unpaired")
+        rows = []
+        for _ in range(cfg.num_pairs):
+            prompt, completion = sample_prompt(rng), sample_completion(rng)
+            label = gold_reward(completion) > 0
+            if rng.random() < cfg.label_noise:
+                label = not label
+            rows.append({"prompt": prompt, "completion": completion, "label": bool(label)})
+        return rows
+    if kind == "STEP":
+        rng = _rng(cfg.seed, "step")
+        rows = []
+        for _ in range(cfg.num_pairs):
+            prompt, words = sample_prompt(rng), sample_completion(rng).split()
+            prefix = " ".join(words[: max(1, len(words) // 2)])
+            a, b = (" ".join(sample_completion(rng).split()[:5]) for _ in range(2))
+            margin = (gold_reward(f"{prefix} {a}") - gold_reward(f"{prefix} {b}")) / cfg.bt_temperature
+            a_wins = rng.random() < 1.0 / (1.0 + math.exp(-margin))
+            if rng.random() < cfg.label_noise:
+                a_wins = not a_wins
+            chosen, rejected = (a, b) if a_wins else (b, a)
+            rows.append({"prompt": prompt, "prefix": prefix, "chosen": chosen, "rejected": rejected})
+        return rows
+    raise ValueError(f"no synthetic records of data shape {kind!r}")

@@ -1,6 +1,8 @@
 """Pure objectives `(LossInputs, cfg) -> (loss, metrics)` and their registry."""
 
-from pjax.losses import pairwise, sft  # noqa: F401  (registers the objectives)
-from pjax.losses.registry import REGISTRY, LossInputs, Objective, get, markdown_table, register
+from pjax.losses import listwise, pairwise, reference_free, sft, unpaired  # noqa: F401  (registers them)
+from pjax.losses.registry import (REGISTRY, LossInputs, Objective, combined, data_kind, get, init_state,
+                                  markdown_table, needs_reference, register, terms)
 
-__all__ = ["REGISTRY", "LossInputs", "Objective", "get", "markdown_table", "register"]
+__all__ = ["REGISTRY", "LossInputs", "Objective", "combined", "data_kind", "get", "init_state", "markdown_table",
+           "needs_reference", "register", "terms"]

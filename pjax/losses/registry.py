@@ -18,34 +18,56 @@ Metrics = dict[str, Array]
 
 @struct.dataclass
 class LossInputs:
-    """Per-token arrays for one batch. Paired data is `[B, 2, T]` (index 0 chosen, 1 rejected)."""
+    """Per-token arrays for one batch, computed by the train step (objectives never see a model).
 
-    policy_logps: Array  # log pi(y_t | x, y_<t), float32
-    mask: Array  # 1 where the token is a scored (completion) token
-    ref_logps: Optional[Array] = None  # log pi_ref, same shape; None for reference-free objectives
+    Shapes by data kind: SEQ/UNP `[B, T]`; PAIR and STEP `[B, 2, T]` (index 0 chosen, 1 rejected);
+    LIST `[B, K, T]`. Log-probs are float32 `log pi(y_t | x, y_<t)`; `mask` is 1 on scored tokens.
+    Sequence log-probs are formed inside each objective, so length normalisation, LD-DPO and token
+    weighting stay possible.
+    """
+
+    policy_logps: Array
+    mask: Array
+    ref_logps: Optional[Array] = None  # same shape; None for reference-free objectives
+    labels: Optional[Array] = None  # UNP: [B] 1 = desirable, 0 = undesirable
+    scores: Optional[Array] = None  # LIST: [B, K], higher is better
+    kl_policy_logps: Optional[Array] = None  # KTO: [B, T] log-probs of mismatched (x_i, y_{i-1}) pairs
+    kl_ref_logps: Optional[Array] = None
+    kl_mask: Optional[Array] = None
+    policy_log_sum_p2: Optional[Array] = None  # WPO: per-token log sum_v p(v)^2, same shape as policy_logps
+    state: Optional[dict] = None  # running state of stateful objectives (e.g. BCO's reward shift)
 
 
-LossFn = Callable[[LossInputs, Any], tuple[Array, Metrics]]
+# fn(inputs, cfg) -> (loss, metrics); a stateful objective returns (loss, metrics, new_state).
+LossFn = Callable[..., tuple]
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
     name: str
     fn: LossFn
-    data_shape: str  # "SEQ [B,T]", "PAIR [B,2,T]", ...
+    data_shape: str  # "SEQ [B,T]", "PAIR [B,2,T]", "UNP [B,T]", "LIST [B,K,T]", "STEP [B,2,T]"
     needs_reference: bool
     paper: str
+    init_state: Optional[Callable[[Any], dict]] = None  # stateful objectives: cfg -> initial state
+
+    @property
+    def kind(self) -> str:
+        return self.data_shape.split()[0]
 
 
 REGISTRY: dict[str, Objective] = {}
 ALIASES = {"dpo": "sigmoid"}  # TRL's default DPO loss type is called `sigmoid`
 
 
-def register(name: str, *, data_shape: str, needs_reference: bool, paper: str) -> Callable[[LossFn], LossFn]:
+def register(name: str, *, data_shape: str, needs_reference: bool, paper: str,
+             init_state: Optional[Callable[[Any], dict]] = None) -> Callable[[LossFn], LossFn]:
+    """Add an objective to the registry under `name` (the `config.loss.name` that selects it)."""
+
     def wrap(fn: LossFn) -> LossFn:
         if name in REGISTRY:
             raise ValueError(f"objective {name!r} registered twice")
-        REGISTRY[name] = Objective(name, fn, data_shape, needs_reference, paper)
+        REGISTRY[name] = Objective(name, fn, data_shape, needs_reference, paper, init_state)
         return fn
 
     return wrap
@@ -64,3 +86,56 @@ def markdown_table() -> str:
     for obj in sorted(REGISTRY.values(), key=lambda o: o.name):
         rows.append(f"| `{obj.name}` | {obj.data_shape} | {'yes' if obj.needs_reference else 'no'} | {obj.paper} |")
     return "\n".join(rows)
+
+
+# Objectives that can join any data shape (they read the chosen row of pairs).
+SHAPE_AGNOSTIC = {"sft"}
+
+
+def terms(cfg) -> list[tuple[Objective, float]]:
+    """The (objective, weight) terms of `config.loss`: `names`/`weights` if set, else `name` alone."""
+    names = tuple(cfg.get("names", ()) or ()) or (cfg.name,)
+    weights = tuple(cfg.get("weights", ()) or ())
+    if weights and len(weights) != len(names):
+        raise ValueError(f"loss.weights={weights} must have one entry per loss.names={names}")
+    weights = weights or (1.0,) * len(names)
+    out = [(get(n), float(w)) for n, w in zip(names, weights)]
+    kinds = {o.kind for o, _ in out if o.name not in SHAPE_AGNOSTIC}
+    if len(kinds) > 1:
+        raise ValueError(f"loss.names={names} mixes data shapes {sorted(kinds)}")
+    return out
+
+
+def data_kind(cfg) -> str:
+    """The data shape the configured objectives need: SEQ, PAIR, STEP, UNP or LIST."""
+    kinds = [o.kind for o, _ in terms(cfg) if o.name not in SHAPE_AGNOSTIC]
+    return kinds[0] if kinds else "SEQ"
+
+
+def needs_reference(cfg) -> bool:
+    return any(o.needs_reference for o, _ in terms(cfg))
+
+
+def init_state(cfg) -> dict:
+    """Initial running state of every stateful term, keyed by objective name."""
+    return {o.name: o.init_state(cfg) for o, _ in terms(cfg) if o.init_state is not None}
+
+
+def combined(inputs: LossInputs, cfg) -> tuple[Array, Metrics, dict]:
+    """sum_k w_k L_k over the configured terms (TRL's `loss_type` list with `loss_weights`).
+
+    Returns the total loss, the metrics of every term (plus `loss/<name>` per term when there are
+    several) and the new running state.
+    """
+    total, metrics, new_state = 0.0, {}, {}
+    parts = terms(cfg)
+    for obj, weight in parts:
+        if obj.init_state is not None:
+            loss, m, new_state[obj.name] = obj.fn(inputs.replace(state=inputs.state[obj.name]), cfg)
+        else:
+            loss, m = obj.fn(inputs, cfg)
+        total = total + weight * loss
+        metrics.update({k: v for k, v in m.items() if k not in metrics})
+        if len(parts) > 1:
+            metrics[f"loss/{obj.name}"] = loss
+    return total, metrics, new_state

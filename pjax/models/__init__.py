@@ -54,19 +54,21 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
 
 
 def sequence_token_logprobs(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array, *,
-                            chunk_size: int = 128, temperature: float = 1.0) -> jax.Array:
+                            chunk_size: int = 128, temperature: float = 1.0,
+                            with_log_sum_p2: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Log-probs of tokens[..., 1:] given their prefixes: `[..., T-1]` float32 (leading dims flattened).
 
-    `tokens`, `mask`: `[..., T]`; any leading shape (e.g. `[B, 2, T]` preference pairs) is kept.
+    `tokens`, `mask`: `[..., T]`; any leading shape (e.g. `[B, 2, T]` preference pairs) is kept. With
+    `with_log_sum_p2`, also `log sum_v p(v)^2` per position (see `token_logprobs`).
     """
     lead, T = tokens.shape[:-1], tokens.shape[-1]
     tok = tokens.reshape(-1, T)
     msk = mask.reshape(-1, T)
     model = model_def.module(params)
     hidden, _ = model(tok[:, :-1], positions_from_mask(msk)[:, :-1], msk[:, :-1])
-    lp = token_logprobs(hidden, model.head_kernel(), tok[:, 1:], chunk_size=chunk_size,
-                        temperature=temperature)
-    return lp.reshape(*lead, T - 1)
+    out = token_logprobs(hidden, model.head_kernel(), tok[:, 1:], chunk_size=chunk_size,
+                         temperature=temperature, with_log_sum_p2=with_log_sum_p2)
+    return jax.tree.map(lambda x: x.reshape(*lead, T - 1), out)
 
 
 __all__ = ["Llama", "LlamaConfig", "ModelDef", "build", "init_cache", "positions_from_mask", "preset",
