@@ -176,3 +176,24 @@ def test_precomputed_reference_gives_the_same_losses(tiny_configs, caplog):
     dpo.workdir = dpo.workdir + "_again"
     train.run(dpo)
     assert "reference: precomputed log-probs from" in caplog.text
+
+
+def test_training_from_a_jsonl_file(tiny_configs, tmp_path):
+    """A listwise objective (LiPO) end to end from a JSONL file of records."""
+    from pjax.data import synthetic
+
+    _, dpo = tiny_configs
+    rows = synthetic.preference_records(synthetic.SyntheticConfig(num_pairs=16, cache_dir=dpo.data.cache_dir),
+                                        "LIST", list_size=3)
+    path = tmp_path / "listwise.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dpo.init_from = ""
+    dpo.data.path = str(path)
+    dpo.loss.name = "lipo"
+    out = train.run(dpo)
+    assert len(out["history"]) == dpo.train.steps
+    assert all(np.isfinite(row["loss"]) for row in out["history"])
+    dpo.data.path = str(tmp_path / "missing.jsonl")
+    dpo.workdir = str(tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="data.path=.*missing.jsonl"):
+        train.run(dpo)
