@@ -108,17 +108,30 @@ def flops_per_token(cfg: LlamaConfig, seq_len: int, with_reference: bool) -> int
 
 # ----------------------------------------------------------------------------------------- batch
 def random_batch(config: ConfigDict, prompt_len: int, completion_len: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random ids below `config.model.vocab_size`, no padding; `[B, T]` (sft) or `[B, 2, T]` (dpo)."""
+    """Random ids below `config.model.vocab_size`, no padding, in the data shape of the configured
+    objectives: `[B, T]` (SEQ; UNP adds labels and KTO's mismatched rows), `[B, 2, T]` (PAIR, STEP)
+    or `[B, K, T]` with scores (LIST, K = `data.list_size`)."""
     if prompt_len < 1 or completion_len < 1:
         raise ValueError("--prompt-len and --completion-len must be >= 1")
     T = prompt_len + completion_len
     B = config.train.batch_size
-    lead = (B, 2) if config.phase == "dpo" else (B,)
+    kind = losses.data_kind(config.loss)
+    lead = {"PAIR": (B, 2), "STEP": (B, 2), "LIST": (B, config.data.list_size)}.get(kind, (B,))
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, config.model.vocab_size, size=(*lead, T), dtype=np.int32)
-    completion = np.zeros((*lead, T), np.int32)
-    completion[..., prompt_len:] = 1
-    return {"tokens": tokens, "mask": np.ones((*lead, T), np.int32), "completion_mask": completion}
+
+    def rows():
+        tokens = rng.integers(0, config.model.vocab_size, size=(*lead, T), dtype=np.int32)
+        completion = np.zeros((*lead, T), np.int32)
+        completion[..., prompt_len:] = 1
+        return {"tokens": tokens, "mask": np.ones((*lead, T), np.int32), "completion_mask": completion}
+
+    batch = rows()
+    if kind == "UNP":
+        batch["labels"] = (np.arange(B) % 2).astype(np.int32)
+        batch.update({f"kl_{k}": v for k, v in rows().items()})
+    if kind == "LIST":
+        batch["scores"] = rng.normal(size=lead).astype(np.float32)
+    return batch
 
 
 # ---------------------------------------------------------------------------------------- memory

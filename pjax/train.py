@@ -65,7 +65,8 @@ def validate(config: ConfigDict) -> None:
         raise ValueError(f"phase={config.phase!r}: expected one of {sorted(PHASES)}")
     kind = losses.data_kind(config.loss)  # also checks the names and weights
     if kind not in PHASES[config.phase]:
-        raise ValueError(f"loss.name={config.loss.name!r} (data shape {kind}) does not fit "
+        chosen = f"loss.names={tuple(config.loss.names)}" if config.loss.names else f"loss.name={config.loss.name!r}"
+        raise ValueError(f"{chosen} (data shape {kind}) does not fit "
                          f"phase={config.phase!r} (data shapes {PHASES[config.phase]})")
     for key in ("steps", "batch_size", "log_every", "save_every", "logprob_chunk", "keep_checkpoints"):
         if config.train[key] <= 0:
@@ -160,7 +161,9 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
     cfg = config.loss
     needs_ref = losses.needs_reference(cfg)
     chunk = config.train.logprob_chunk
-    weighting = bool(cfg.use_weighting)
+    names = {o.name for o, _ in losses.terms(cfg)}
+    weighting = bool(cfg.use_weighting) or "wpo" in names
+    kto = "kto" in names
 
     def logps(params, tokens, mask, with_log_sum_p2=False):
         return models.sequence_token_logprobs(model_def, params, tokens, mask, chunk_size=chunk,
@@ -175,8 +178,9 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
         out = logps(params, batch["tokens"], batch["mask"], with_log_sum_p2=weighting)
         policy, log_sum_p2 = out if weighting else (out, None)
         extra = {}
-        if "kl_tokens" in batch:
-            extra = dict(kl_policy_logps=logps(params, batch["kl_tokens"], batch["kl_mask"]),
+        if kto:  # KTO's z0 from mismatched rows: detached, so no gradient flows through this forward
+            frozen = jax.lax.stop_gradient(params)
+            extra = dict(kl_policy_logps=logps(frozen, batch["kl_tokens"], batch["kl_mask"]),
                          kl_mask=batch["kl_completion_mask"][..., 1:])
             if needs_ref:
                 extra["kl_ref_logps"] = reference(ref_params, batch, "kl_")
@@ -253,8 +257,9 @@ def reference_cache_path(config: ConfigDict, arrays: dict[str, np.ndarray]) -> P
     import hashlib
 
     meta = checkpoint.export_metadata(config.init_from) if config.init_from else None
-    reference_id = meta["export_id"] if meta else f"fresh-init:{config.seed}:{json.dumps(dict(config.model), sort_keys=True)}"
-    digest = hashlib.sha256(reference_id.encode())
+    reference_id = meta["export_id"] if meta else f"fresh-init:{config.seed}"
+    model = json.dumps(dataclasses.asdict(model_config(config)), sort_keys=True)  # dtype included
+    digest = hashlib.sha256(f"{reference_id}|{model}|{config.train.logprob_chunk}".encode())
     for key in sorted(arrays):
         digest.update(key.encode())
         digest.update(np.ascontiguousarray(arrays[key]).tobytes())
@@ -269,6 +274,8 @@ def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.nd
     one pass and cached, so that training runs without a reference forward."""
     config = setup.config
     path = reference_cache_path(config, arrays)
+    fallback = Path(synthetic_config(config).cache_dir).expanduser() / path.name
+    path = path if path.exists() or not fallback.exists() else fallback
     if path.exists():
         log.info("reference: precomputed log-probs from %s", path)
         with np.load(path) as cached:
@@ -277,7 +284,8 @@ def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.nd
     fn = jax.jit(lambda p, t, m: models.sequence_token_logprobs(setup.model_def, p, t, m,
                                                                 chunk_size=config.train.logprob_chunk))
     out = {}
-    for prefix in ("", "kl_") if "kl_tokens" in arrays else ("",):
+    kto = any(o.name == "kto" for o, _ in losses.terms(config.loss))
+    for prefix in ("", "kl_") if kto else ("",):
         tokens, mask = arrays[f"{prefix}tokens"], arrays[f"{prefix}mask"]
         n = len(tokens)
         parts = []
@@ -287,12 +295,22 @@ def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.nd
             parts.append(np.asarray(jax.device_get(fn(ref_params, batch["tokens"], batch["mask"]))))
         out[f"{prefix}ref_logps"] = np.concatenate(parts)[:n]
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
-        np.savez(tmp, **out)
-        os.replace(tmp, path)
+        try:
+            _save_npz(path, out)
+        except OSError as e:  # e.g. a read-only data directory: keep the result in the cache instead
+            fallback = Path(synthetic_config(config).cache_dir).expanduser() / path.name
+            log.warning("reference: cannot write %s (%s); caching at %s", path, e, fallback)
+            _save_npz(fallback, out)
+            path = fallback
     log.info("reference: computed log-probs for %d rows, cached at %s", len(arrays["tokens"]), path)
     return out
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def synthetic_config(config: ConfigDict):

@@ -74,15 +74,24 @@ def encode_pairs(
     tok: SentencePieceTokenizer, pairs: Sequence[tuple[str, str, str]], max_len: int
 ) -> dict[str, np.ndarray]:
     """(prompt, chosen, rejected) -> ``tokens``, ``mask``, ``completion_mask`` int32 [N, 2, T]."""
+    return encode_lists(tok, [(prompt, (chosen, rejected)) for prompt, chosen, rejected in pairs], max_len)
+
+
+def encode_lists(
+    tok: SentencePieceTokenizer, lists: Sequence[tuple[str, Sequence[str]]], max_len: int
+) -> dict[str, np.ndarray]:
+    """(prompt, K completions) -> ``tokens``, ``mask``, ``completion_mask`` int32 [N, K, T]; the K rows
+    of a list share identical prompt tokens (cut once, to fit the longest completion)."""
     _check_max_len(max_len)
     rows = []
-    for i, (prompt, chosen, rejected) in enumerate(pairs):
+    for i, (prompt, completions) in enumerate(lists):
         p = _encode_text(tok, prompt, "prompt", i)
-        cs = [_encode_text(tok, y, "completion", i) for y in (chosen, rejected)]
+        cs = [_encode_text(tok, y, "completion", i) for y in completions]
         keep = _prompt_budget(max_len, len(p), max(len(c) for c in cs))
         packed = [_pack(tok, p[len(p) - keep :], c, max_len) for c in cs]
         rows.append(tuple(np.stack(parts) for parts in zip(*packed)))
-    return _stack(rows, (0, 2, max_len))
+    k = len(lists[0][1]) if lists else 0
+    return _stack(rows, (0, k, max_len))
 
 
 def encode_prompts(

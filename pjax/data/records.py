@@ -95,9 +95,7 @@ def encode(tok: SentencePieceTokenizer, rows: Sequence[dict], kind: str, max_len
         k = len(rows[0]["completions"])
         if any(len(r["completions"]) != k for r in rows):
             raise ValueError("LIST records must all have the same number of completions")
-        flat = [(r["prompt"], r["completions"][0], r["completions"][j]) for r in rows for j in range(k)]
-        pairs = batching.encode_pairs(tok, flat, max_len)  # [N*K, 2, T]: same prompt cut per row
-        out = {name: v[:, 1].reshape(len(rows), k, max_len) for name, v in pairs.items()}
+        out = batching.encode_lists(tok, [(r["prompt"], r["completions"]) for r in rows], max_len)
         out["scores"] = np.array([r["scores"] for r in rows], np.float32)
         return out
     raise ValueError(f"unknown data shape {kind!r}")

@@ -103,6 +103,9 @@ def terms(cfg) -> list[tuple[Objective, float]]:
     kinds = {o.kind for o, _ in out if o.name not in SHAPE_AGNOSTIC}
     if len(kinds) > 1:
         raise ValueError(f"loss.names={names} mixes data shapes {sorted(kinds)}")
+    if kinds & {"UNP", "LIST"} and any(o.name in SHAPE_AGNOSTIC for o, _ in out):
+        raise ValueError(f"loss.names={names}: `sft` reads the chosen row of pairs; it is not defined for "
+                         f"{sorted(kinds)} data (RRHF and PRO carry their own likelihood term)")
     return out
 
 
@@ -124,8 +127,9 @@ def init_state(cfg) -> dict:
 def combined(inputs: LossInputs, cfg) -> tuple[Array, Metrics, dict]:
     """sum_k w_k L_k over the configured terms (TRL's `loss_type` list with `loss_weights`).
 
-    Returns the total loss, the metrics of every term (plus `loss/<name>` per term when there are
-    several) and the new running state.
+    Returns the total loss, the metrics (a shared name such as `rewards/chosen` keeps the first term's
+    value; with several terms each also appears as `<name>/<metric>`, with `loss/<name>`) and the new
+    running state.
     """
     total, metrics, new_state = 0.0, {}, {}
     parts = terms(cfg)
@@ -136,6 +140,7 @@ def combined(inputs: LossInputs, cfg) -> tuple[Array, Metrics, dict]:
             loss, m = obj.fn(inputs, cfg)
         total = total + weight * loss
         metrics.update({k: v for k, v in m.items() if k not in metrics})
-        if len(parts) > 1:
+        if len(parts) > 1:  # every term's own figures too, since shared names keep the first term's
             metrics[f"loss/{obj.name}"] = loss
+            metrics.update({f"{obj.name}/{k}": v for k, v in m.items()})
     return total, metrics, new_state

@@ -75,3 +75,16 @@ def test_bad_records_name_file_line_and_field(tmp_path):
         records.read_jsonl(path, "LIST")
     with pytest.raises(FileNotFoundError, match="data.path=.*missing.jsonl"):
         records.read_jsonl(tmp_path / "missing.jsonl", "PAIR")
+
+
+def test_list_rows_share_one_prompt_cut(task):
+    """A long completion in a list shortens the prompt for every row of that list alike."""
+    row = {"prompt": "review : the movie about the old ship was", "scores": [1.0, 0.0, 2.0],
+           "completions": ["good", "really bad in the end with a poor premise and dull cast overall", "fine"]}
+    arrays = records.encode(task.tokenizer, [row], "LIST", 20)
+    prompts = [arrays["tokens"][0, j][(arrays["mask"][0, j] - arrays["completion_mask"][0, j]) > 0].tolist()
+               for j in range(3)]
+    assert prompts[0] == prompts[1] == prompts[2]
+    for j, text in enumerate(row["completions"]):
+        ids = arrays["tokens"][0, j][arrays["completion_mask"][0, j] > 0].tolist()
+        assert task.tokenizer.decode(ids).startswith(text.split()[0])

@@ -121,6 +121,9 @@ def test_mpo_recipe_is_the_weighted_sum():
     assert state == {}
     with pytest.raises(ValueError, match="loss.weights=.*one entry per loss.names"):
         losses.terms(ConfigDict({"name": "sigmoid", "names": ("sigmoid", "sft"), "weights": (1.0,)}))
+    assert float(metrics["bco_pair/rewards/margins"]) == pytest.approx(float(metrics["rewards/margins"]))
+    with pytest.raises(ValueError, match="`sft` reads the chosen row of pairs"):
+        losses.terms(ConfigDict({"name": "kto", "names": ("kto", "sft"), "weights": ()}))
     with pytest.raises(ValueError, match="mixes data shapes"):
         losses.terms(ConfigDict({"name": "sigmoid", "names": ("sigmoid", "kto"), "weights": ()}))
 

@@ -10,7 +10,7 @@ from pjax.data import batching
 
 OBJECTIVES = sorted(name for name in losses.REGISTRY if name != "sft")
 OPTIONS = {"exo_pair": {"label_smoothing": 1e-3}, "cdpo": {"label_smoothing": 0.1},
-           "robust": {"label_smoothing": 0.1}, "wpo": {"use_weighting": True}, "ld_dpo": {"ld_alpha": 0.5},
+           "robust": {"label_smoothing": 0.1}, "ld_dpo": {"ld_alpha": 0.5},
            "f_dpo": {"f_divergence": "js_divergence"}, "rdpo_length": {"length_alpha": 0.05}}
 LEARNING_RATES = {"sppo_hard": 3e-4}  # a squared loss with a large target: smaller steps
 
