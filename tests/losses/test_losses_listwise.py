@@ -11,6 +11,7 @@ from ml_collections import ConfigDict
 
 import pjax.losses.listwise  # noqa: F401  (registers the objectives)
 from pjax.losses.registry import REGISTRY, LossInputs
+from tests.losses.numeric import fd_grad
 
 
 @pytest.fixture(autouse=True)
@@ -41,16 +42,6 @@ def _random(seed, B=4, K=4, T=6, graded=True):
     else:  # distinct real scores
         scores = rng.permutation(B * K).reshape(B, K) / 3.0
     return dict(lp=lp, ref=ref, mask=mask, scores=scores)
-
-
-def _fd_grad(f, x, h=1e-5):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        g[idx] = (f(xp) - f(xm)) / (2 * h)
-    return g
 
 
 @functools.partial(jax.jit, static_argnames="name")
@@ -115,7 +106,7 @@ def test_lipo_matches_numpy(seed, beta, K, graded):
     value, metrics, grad = _run("lipo", d, _cfg(beta=beta))
     np.testing.assert_allclose(value, _ref_lipo(d["lp"], d, beta), rtol=1e-6, atol=1e-8)
     # the ranks τ carry no gradient: they are piecewise constant, so finite differences (no ties in s) agree
-    np.testing.assert_allclose(grad, _fd_grad(lambda p: _ref_lipo(p, d, beta), d["lp"]), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad, fd_grad(lambda p: _ref_lipo(p, d, beta), d["lp"]), rtol=1e-6, atol=1e-8)
     assert np.all(grad[d["mask"] == 0] == 0.0)
     s = beta * (_np_seq(d["lp"], d["mask"])[0] - _np_seq(d["ref"], d["mask"])[0])
     best = d["scores"].argmax(1)
@@ -127,7 +118,7 @@ def test_pro_matches_numpy(seed, w, K):
     d = _random(seed, K=K, graded=False)
     value, metrics, grad = _run("pro", d, _cfg(pro_sft_weight=w))
     np.testing.assert_allclose(value, _ref_pro(d["lp"], d, w), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(grad, _fd_grad(lambda p: _ref_pro(p, d, w), d["lp"]), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad, fd_grad(lambda p: _ref_pro(p, d, w), d["lp"]), rtol=1e-6, atol=1e-8)
     assert np.all(grad[d["mask"] == 0] == 0.0)
     _, avg = _np_seq(d["lp"], d["mask"])
     np.testing.assert_allclose(float(metrics["nll"]), -avg[np.arange(len(avg)), d["scores"].argmax(1)].mean(),

@@ -11,6 +11,7 @@ from ml_collections import ConfigDict
 
 import pjax.losses.reference_free  # noqa: F401  (registers the objectives)
 from pjax.losses.registry import REGISTRY, LossInputs
+from tests.losses.numeric import fd_grad
 
 
 @pytest.fixture(autouse=True)
@@ -42,16 +43,6 @@ def _np_seq(lp, mask):
     return total, total / np.maximum(mask.sum(-1), 1)
 
 
-def _fd_grad(f, x, h=1e-5):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        g[idx] = (f(xp) - f(xm)) / (2 * h)
-    return g
-
-
 @functools.partial(jax.jit, static_argnames="name")
 def _value_and_grad(name, lp, mask, fields, cfg_values):
     """One compiled function per (objective, shapes): the config values are traced arguments."""
@@ -74,7 +65,7 @@ def _run(name, lp, mask, cfg, **fields):
 def _check(name, lp, mask, cfg, ref_fn, **fields):
     value, metrics, grad = _run(name, lp, mask, cfg, **fields)
     np.testing.assert_allclose(value, ref_fn(lp), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(grad, _fd_grad(ref_fn, lp), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad, fd_grad(ref_fn, lp), rtol=1e-6, atol=1e-8)
     assert np.all(grad[mask == 0] == 0.0)  # padding never gets a gradient
     return metrics
 

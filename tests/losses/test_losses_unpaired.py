@@ -10,6 +10,7 @@ from ml_collections import ConfigDict
 
 import pjax.losses.unpaired  # noqa: F401  (registers the objectives)
 from pjax.losses.registry import REGISTRY, LossInputs
+from tests.losses.numeric import fd_grad
 
 
 @pytest.fixture(autouse=True)
@@ -45,16 +46,6 @@ def _random(seed, B=6, T=7, T_kl=5, kl_shift=0.0):
     klm = (rng.random((B, T_kl)) < 0.8).astype(np.int32)
     klm[:, 0] = 1
     return dict(lp=lp, ref=ref, mask=mask, labels=labels, klp=klp, klr=klr, klm=klm)
-
-
-def _fd_grad(f, x, h=1e-5):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        g[idx] = (f(xp) - f(xm)) / (2 * h)
-    return g
 
 
 def _inputs(d, p, state=None, with_kl=True):
@@ -116,7 +107,7 @@ def test_kto_matches_numpy(kl_shift, beta, wd, wu):
     expected, z0 = _ref_kto(d["lp"], d, beta, wd, wu)
     assert (z0 > 0) == (kl_shift > 0)  # the last case exercises the clamp at 0
     np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(grad, _fd_grad(lambda p: _ref_kto(p, d, beta, wd, wu)[0], d["lp"]), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad, fd_grad(lambda p: _ref_kto(p, d, beta, wd, wu)[0], d["lp"]), rtol=1e-6, atol=1e-8)
     assert np.all(grad[d["mask"] == 0] == 0.0)
     # metrics: TRL's per-kind means, counts and z0
     rho = (d["lp"] * d["mask"]).sum(-1) - (d["ref"] * d["mask"]).sum(-1)
@@ -165,7 +156,7 @@ def test_bco_matches_numpy(beta, wd, wu, m0, c0):
     delta = (m0 * c0 + r.sum()) / (c0 + len(r))  # running mean INCLUDING this batch (TRL: update, then use)
     np.testing.assert_allclose(value, _ref_bco(d["lp"], d, beta, wd, wu, delta), rtol=1e-6, atol=1e-8)
     # δ carries no gradient: differentiate the reference with δ held fixed
-    np.testing.assert_allclose(grad, _fd_grad(lambda p: _ref_bco(p, d, beta, wd, wu, delta), d["lp"]),
+    np.testing.assert_allclose(grad, fd_grad(lambda p: _ref_bco(p, d, beta, wd, wu, delta), d["lp"]),
                                rtol=1e-6, atol=1e-8)
     assert np.all(grad[d["mask"] == 0] == 0.0)
     np.testing.assert_allclose(float(metrics["delta"]), delta, rtol=1e-9)
