@@ -8,27 +8,33 @@ from ml_collections import ConfigDict
 
 from pjax.models.llama import resolved
 
-# Logical axis -> mesh axis (or axes, or None = replicated). The one sharding table: parameters and
-# activations name logical axes; nothing else names mesh axes.
-RULES = (
-    # parameters
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("q_heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("layers", None),
-    ("norm", None),
-    # activations and data
-    ("batch", ("data", "fsdp")),
-    ("act_batch", ("data", "fsdp")),
-    ("act_seq", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_mlp", "tensor"),
-)
+# Logical axis -> mesh axis (or axes, or None = replicated). Parameters and activations name logical
+# axes; nothing else names mesh axes. Each parallelism preset is one such table over the mesh axes
+# ('data', 'fsdp', 'tensor'); `sharding.preset` picks one, `sharding.rules` overrides single entries.
+_PARAMS = ("vocab", "embed", "mlp", "q_heads", "kv_heads", "head_dim", "layers", "norm")
+_ACTS = ("act_seq", "act_embed", "act_heads", "act_kv_heads", "act_mlp")
+
+
+def _table(params: dict, acts: dict, batch) -> tuple:
+    return (tuple((n, params.get(n)) for n in _PARAMS) + (("batch", batch), ("act_batch", batch))
+            + tuple((n, acts.get(n)) for n in _ACTS))
+
+
+_TP = {"vocab": "tensor", "mlp": "tensor", "q_heads": "tensor", "kv_heads": "tensor"}
+_TP_ACTS = {"act_heads": "tensor", "act_kv_heads": "tensor", "act_mlp": "tensor"}
+SHARDING_PRESETS = {
+    # data parallel: every parameter replicated, the batch split over every mesh axis
+    "dp": _table({}, {}, ("data", "fsdp", "tensor")),
+    # ZeRO-3 / FSDP: parameters (and optimizer state) sharded over `fsdp` along d_model; the batch
+    # over every mesh axis
+    "fsdp": _table({"embed": "fsdp"}, {}, ("data", "fsdp", "tensor")),
+    # FSDP plus Megatron tensor parallelism: heads, MLP and vocabulary split over `tensor`
+    "fsdp_tp": _table({"embed": "fsdp", **_TP}, _TP_ACTS, ("data", "fsdp")),
+    # FSDP plus sequence (context) parallelism for long contexts: the `tensor` axis splits the
+    # sequence of every activation; attention gathers keys and values across it
+    "sequence": _table({"embed": "fsdp"}, {"act_seq": "tensor"}, ("data", "fsdp")),
+}
+RULES = SHARDING_PRESETS["fsdp_tp"]
 
 
 def model_config(preset: str, **overrides) -> ConfigDict:
@@ -44,7 +50,7 @@ def model_config(preset: str, **overrides) -> ConfigDict:
 
 def get_config() -> ConfigDict:
     c = ConfigDict()
-    c.phase = "sft"  # sft | dpo
+    c.phase = "sft"  # sft | rm | dpo
     c.seed = 0
     c.workdir = "runs/default"  # this phase's directory: checkpoints/, export/, metrics.jsonl, tb/
     c.init_from = ""  # a parent phase's params-only export directory ("" = none)
@@ -88,6 +94,7 @@ def get_config() -> ConfigDict:
         desirable_weight=1.0,  # KTO / BCO
         undesirable_weight=1.0,
         pro_sft_weight=1.0,  # PRO: weight of the top response's NLL
+        center_rewards_coefficient=0.0,  # reward models: penalty on mean (r_c + r_r)^2 (TRL's name)
     ))
 
     c.optim = ConfigDict(dict(
@@ -108,7 +115,9 @@ def get_config() -> ConfigDict:
         logprob_chunk=128,  # sequence positions per chunk of the fused LM head
         log_every=10,
         save_every=100,
-        keep_checkpoints=3,
+        keep_checkpoints=3,  # the latest N ...
+        keep_every=0,  # ... plus every M-th step's (0 = none)
+        grad_accum=1,  # micro-batches per step: batch_size rows in grad_accum passes of batch_size/grad_accum
         async_checkpoint=True,
         progress=True,
     ))
@@ -116,5 +125,17 @@ def get_config() -> ConfigDict:
     c.generate = ConfigDict(dict(max_new_tokens=24))  # evaluation samples (at temperature 1, for the KL)
 
     c.mesh = ConfigDict(dict(shape=(1, -1, 1)))  # over ('data', 'fsdp', 'tensor'); one -1 takes the rest
-    c.sharding = ConfigDict(dict(rules=RULES))
+    c.sharding = ConfigDict(dict(
+        preset="fsdp_tp",  # dp | fsdp | fsdp_tp | sequence (tables in `presets`)
+        presets=ConfigDict(SHARDING_PRESETS),
+        rules=(),  # overrides of single entries, e.g. (("act_seq", "tensor"),)
+    ))
+    c.distributed = ConfigDict(dict(
+        coordinator="",  # host:port of process 0; "" = from the environment (TPU pod, SLURM, Open MPI,
+        num_processes=0,  # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), else one process
+        process_id=-1,
+        cpu_devices=0,  # CPU devices per process (simulating a mesh on one machine); 0 = JAX's default
+        heartbeat_timeout_s=100,  # a dead peer ends every other process after at most this long
+        init_timeout_s=300,
+    ))
     return c

@@ -60,8 +60,10 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from pjax import losses, sharding
+from pjax.data.shapes import random_batch
 from pjax.models.heads import naive_token_logprobs, token_logprobs
 from pjax.models.llama import LlamaConfig
+from pjax.plan import analysis_dict
 from pjax.train import TrainStep, make_setup, model_config, validate, validate_for_mesh
 
 FLOP_FORMULA = (
@@ -106,48 +108,6 @@ def flops_per_token(cfg: LlamaConfig, seq_len: int, with_reference: bool) -> int
     return per
 
 
-# ----------------------------------------------------------------------------------------- batch
-def random_batch(config: ConfigDict, prompt_len: int, completion_len: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random ids below `config.model.vocab_size`, no padding, in the data shape of the configured
-    objectives: `[B, T]` (SEQ; UNP adds labels and KTO's mismatched rows), `[B, 2, T]` (PAIR, STEP)
-    or `[B, K, T]` with scores (LIST, K = `data.list_size`)."""
-    if prompt_len < 1 or completion_len < 1:
-        raise ValueError("--prompt-len and --completion-len must be >= 1")
-    T = prompt_len + completion_len
-    B = config.train.batch_size
-    kind = losses.data_kind(config.loss)
-    lead = {"PAIR": (B, 2), "STEP": (B, 2), "LIST": (B, config.data.list_size)}.get(kind, (B,))
-    rng = np.random.default_rng(seed)
-
-    def rows():
-        tokens = rng.integers(0, config.model.vocab_size, size=(*lead, T), dtype=np.int32)
-        completion = np.zeros((*lead, T), np.int32)
-        completion[..., prompt_len:] = 1
-        return {"tokens": tokens, "mask": np.ones((*lead, T), np.int32), "completion_mask": completion}
-
-    batch = rows()
-    if kind == "UNP":
-        batch["labels"] = (np.arange(B) % 2).astype(np.int32)
-        batch.update({f"kl_{k}": v for k, v in rows().items()})
-    if kind == "LIST":
-        batch["scores"] = rng.normal(size=lead).astype(np.float32)
-    return batch
-
-
-# ---------------------------------------------------------------------------------------- memory
-def analysis_dict(compiled) -> dict[str, int] | None:
-    try:
-        ma = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - some backends do not implement it
-        return None
-    if ma is None:
-        return None
-    out = {k: int(getattr(ma, f"{k}_size_in_bytes")) for k in
-           ("argument", "output", "temp", "alias", "generated_code")}
-    out["peak_estimate"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
-    return out
-
-
 # ------------------------------------------------------------------------------------- benchmark
 def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, prompt_len: int = 64,
                   completion_len: int = 64, peak_flops: float | None = None, config_path: str | None = None,
@@ -164,7 +124,7 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
     T = prompt_len + completion_len
     tokens_per_step = int(host_batch["mask"].sum())
 
-    with jax.set_mesh(mesh), sharding.use_rules(config.sharding.rules):
+    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
         setup = make_setup(config, mesh)
         state = setup.init_state(config.seed)
         ref_params = jax.tree.map(jnp.copy, state["params"]) if needs_reference else None

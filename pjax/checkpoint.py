@@ -1,7 +1,8 @@
 """Orbax checkpoints, one directory per phase.
 
-A phase directory holds `checkpoints/` (full train state: params, optimizer state, step; async saves,
-the latest N kept) and `export/` (params only, plus `pjax.json` metadata) that the next phase
+A phase directory holds `checkpoints/` (full train state: params, optimizer state, step, RNG, and
+the data position; async saves, the latest N kept plus every M-th; a checkpoint that does not read
+back is moved aside and the previous one used) and `export/` (params only, plus `pjax.json` metadata) that the next phase
 initialises from. `resume` implements the resume order: own checkpoint, then the parent export, then
 a fresh initialisation, and says which in the log.
 """
@@ -27,27 +28,70 @@ def _abs(path: str | os.PathLike) -> Path:
     return Path(path).expanduser().resolve()
 
 
-class PhaseCheckpoints:
-    """Full train-state checkpoints of one phase under `<workdir>/checkpoints`."""
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint that cannot be read back (partial, truncated or otherwise damaged)."""
 
-    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
+
+class PhaseCheckpoints:
+    """Full train-state checkpoints of one phase under `<workdir>/checkpoints`.
+
+    Each step holds two items: `state` (params, optimizer state, step, RNG, objective state) and
+    `data` (the data position, JSON). The latest `keep` steps are kept, plus every `keep_every`-th.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, keep_every: int = 0, async_save: bool = True):
         self.directory = _abs(workdir) / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                               create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None,
+                                               enable_async_checkpointing=async_save, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, *, force: bool = False) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
-    def restore(self, step: int, abstract_state: Any) -> Any:
-        """Restore into arrays with the shardings of `abstract_state` (ShapeDtypeStructs)."""
+    def save(self, step: int, state: Any, data: dict[str, Any], *, force: bool = False) -> None:
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        data=ocp.args.JsonSave(data)), force=force)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """(state, data position) of `step`, the arrays with the shardings of `abstract_state`."""
         try:
-            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises several types; name the checkpoint in the error
-            raise RuntimeError(f"cannot restore checkpoint {self.directory / str(step)}: {e}") from e
+            raise CorruptCheckpoint(f"cannot restore checkpoint {self.directory / str(step)}: "
+                                    f"{type(e).__name__}: {e}") from e
+        return out["state"], dict(out["data"])
+
+    def restore_latest_good(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """The newest checkpoint that restores, or None if there is none. A newer one that fails is
+        moved aside to `checkpoints/corrupt-<step>` (kept, not deleted) with a warning."""
+        steps = self.all_steps()
+        for i, step in reversed(list(enumerate(steps))):
+            try:
+                state, data = self.restore(step, abstract_state)
+                return step, state, data
+            except CorruptCheckpoint as e:
+                if i == 0:
+                    raise
+                log.warning("%s; moving it aside and trying the previous checkpoint (step %d)", e, steps[i - 1])
+                self._quarantine(step)
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        from pjax import distributed
+
+        distributed.barrier(f"pjax-quarantine-{step}-begin")
+        if jax.process_index() == 0:
+            target = self.directory / f"corrupt-{step}"
+            n = 1
+            while target.exists():
+                target, n = self.directory / f"corrupt-{step}.{n}", n + 1
+            os.replace(self.directory / str(step), target)
+        distributed.barrier(f"pjax-quarantine-{step}-end")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -146,18 +190,20 @@ def _norm(v: Any) -> Any:
 
 def resume(ckpts: PhaseCheckpoints, init_from: str, abstract_state: dict[str, Any],
            fresh: Callable[[], dict[str, Any]], with_params: Callable[[Any], dict[str, Any]]
-           ) -> tuple[dict[str, Any], str]:
-    """Resume order: own checkpoint, then the parent export, then fresh init. Returns (state, source).
+           ) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+    """Resume order: own checkpoint (the newest readable one), then the parent export, then fresh
+    init. Returns (state, data position or None, source) and says which in the log.
 
     `fresh()` builds a new sharded state; `with_params(params)` builds one around loaded params.
     """
-    step = ckpts.latest_step()
-    if step is not None:
+    restored = ckpts.restore_latest_good(abstract_state)
+    if restored is not None:
+        step, state, data = restored
         log.info("resume: own checkpoint %s (step %d)", ckpts.directory, step)
-        return ckpts.restore(step, abstract_state), f"checkpoint:{step}"
+        return state, data, f"checkpoint:{step}"
     if init_from:
         log.info("resume: no own checkpoint; initialising from parent export %s", init_from)
         params = load_params(init_from, abstract_state["params"])
-        return with_params(params), f"export:{init_from}"
+        return with_params(params), None, f"export:{init_from}"
     log.info("resume: no own checkpoint and no parent export; fresh initialisation")
-    return fresh(), "fresh"
+    return fresh(), None, "fresh"

@@ -40,9 +40,9 @@ def evaluate(dpo_config, *, seed: int = 1234) -> dict:
     task, _ = train.load_data(dpo_config)
     model_def = models.build(train.model_config(dpo_config))
     mesh = sharding.make_mesh(dpo_config.mesh.shape)
-    with jax.set_mesh(mesh), sharding.use_rules(dpo_config.sharding.rules):
+    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(dpo_config.sharding)):
         shardings = sharding.tree_shardings(model_def.logical_specs, model_def.shapes, mesh,
-                                            dpo_config.sharding.rules)
+                                            sharding.config_rules(dpo_config.sharding))
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 model_def.shapes, shardings)
         policy = checkpoint.load_params(Path(dpo_config.workdir) / "export", abstract)

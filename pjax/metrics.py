@@ -11,7 +11,13 @@ import jax
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
+    """Appends one row per logged step to `<workdir>/metrics.jsonl` (and TensorBoard events).
+
+    `resume_step`: the step a run resumes from; rows logged after it by the interrupted run are
+    dropped (that run's later steps are trained again), as is a line cut off by a crash.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True, resume_step: int | None = None):
         self.active = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
@@ -19,7 +25,10 @@ class MetricWriter:
             return
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
+        path = workdir / "metrics.jsonl"
+        if resume_step is not None and path.exists():
+            _truncate_after(path, resume_step)
+        self._jsonl = open(path, "a", buffering=1)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -39,6 +48,20 @@ class MetricWriter:
             self._jsonl.close()
         if self._tb:
             self._tb.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a crash
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

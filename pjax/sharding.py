@@ -1,8 +1,10 @@
 """Device mesh and logical-axis sharding.
 
 Parameters and key activations carry logical axis names (`embed`, `mlp`, `act_batch`, ...). One rules
-table (`config.sharding.rules`, defined in `configs/base.py`) maps each logical name to a mesh axis, a
-tuple of mesh axes, or None (replicated). Nothing here knows about particular models.
+table maps each logical name to a mesh axis, a tuple of mesh axes, or None (replicated): the
+parallelism preset `config.sharding.preset` (tables in `configs/base.py`: dp, fsdp, fsdp_tp,
+sequence) with single entries overridden by `config.sharding.rules` (see `config_rules`). Nothing
+here knows about particular models.
 """
 
 from __future__ import annotations
@@ -55,6 +57,27 @@ def rules_dict(rules: Rules) -> dict[str, Any]:
             raise ValueError(f"sharding.rules: logical axis {name!r} appears twice")
         out[name] = tuple(target) if isinstance(target, list) else target
     return out
+
+
+def config_rules(sharding_config: Any) -> tuple[tuple[str, Any], ...]:
+    """The rules table of a config's `sharding` section: `presets[preset]`, with the entries named in
+    `rules` replaced (or added)."""
+    presets = sharding_config.presets
+    if sharding_config.preset not in presets:
+        raise ValueError(f"sharding.preset={sharding_config.preset!r}: expected one of {sorted(presets)}")
+    table = rules_dict(presets[sharding_config.preset])
+    try:
+        overrides = rules_dict(sharding_config.rules)
+    except ValueError as e:
+        raise ValueError(f"sharding.rules: {e}") from e
+    unknown = sorted(set(overrides) - set(table))
+    if unknown:
+        raise ValueError(f"sharding.rules: unknown logical axes {unknown}; known: {sorted(table)}")
+    for name, target in overrides.items():
+        for axis in (target,) if isinstance(target, str) else target or ():
+            if axis not in MESH_AXES:
+                raise ValueError(f"sharding.rules: {name!r} -> {axis!r} is not a mesh axis {MESH_AXES}")
+    return tuple({**table, **overrides}.items())
 
 
 @contextlib.contextmanager

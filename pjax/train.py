@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import hashlib
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from pjax import checkpoint, logs, losses, models, sharding
+from pjax import checkpoint, distributed, logs, losses, models, sharding
 from pjax.losses import LossInputs
 from pjax.metrics import MetricWriter
 from pjax.models import llama as presets
@@ -33,8 +35,10 @@ from pjax.optim import make_optimizer, schedule
 log = logging.getLogger("pjax")
 
 # phase -> the data shapes (of `pjax.losses` objectives) it trains on. `dpo` is the offline
-# preference phase: any objective of the catalogue (pairwise, step-level, unpaired or listwise).
-PHASES = {"sft": ("SEQ",), "dpo": ("PAIR", "STEP", "UNP", "LIST")}
+# preference phase: any objective of the catalogue (pairwise, step-level, unpaired or listwise);
+# `rm` trains a reward model (a scalar head, `model.head='scalar'`) on preference pairs.
+PHASES = {"sft": ("SEQ",), "rm": ("PAIR",), "dpo": ("PAIR", "STEP", "UNP", "LIST")}
+TRAINS = {"sft": "policy", "rm": "reward", "dpo": "policy"}  # what the phase's objectives read
 
 State = dict[str, Any]
 
@@ -64,19 +68,34 @@ def validate(config: ConfigDict) -> None:
     if config.phase not in PHASES:
         raise ValueError(f"phase={config.phase!r}: expected one of {sorted(PHASES)}")
     kind = losses.data_kind(config.loss)  # also checks the names and weights
+    if losses.trains(config.loss) != TRAINS[config.phase]:
+        chosen = f"loss.names={tuple(config.loss.names)}" if config.loss.names else f"loss.name={config.loss.name!r}"
+        raise ValueError(f"{chosen} trains a {losses.trains(config.loss)} model; phase={config.phase!r} "
+                         f"needs {TRAINS[config.phase]} objectives")
+    head = "scalar" if config.phase == "rm" else "lm"
+    if config.model.head != head:
+        raise ValueError(f"model.head={config.model.head!r}: phase={config.phase!r} needs model.head={head!r}")
     if kind not in PHASES[config.phase]:
         chosen = f"loss.names={tuple(config.loss.names)}" if config.loss.names else f"loss.name={config.loss.name!r}"
         raise ValueError(f"{chosen} (data shape {kind}) does not fit "
                          f"phase={config.phase!r} (data shapes {PHASES[config.phase]})")
-    for key in ("steps", "batch_size", "log_every", "save_every", "logprob_chunk", "keep_checkpoints"):
+    for key in ("steps", "batch_size", "log_every", "save_every", "logprob_chunk", "keep_checkpoints", "grad_accum"):
         if config.train[key] <= 0:
             raise ValueError(f"train.{key}={config.train[key]} must be positive")
     for key, value in (("loss.beta", config.loss.beta), ("optim.lr", config.optim.lr),
                        ("generate.max_new_tokens", config.generate.max_new_tokens)):
         if value <= 0:
             raise ValueError(f"{key}={value} must be positive")
+    if config.train.keep_every < 0:
+        raise ValueError(f"train.keep_every={config.train.keep_every} must be >= 0 (0 = keep only the latest)")
+    sharding.config_rules(config.sharding)  # raises with the key named
     if config.optim.warmup_steps < 0:
         raise ValueError(f"optim.warmup_steps={config.optim.warmup_steps} must be >= 0")
+    for key in ("workdir", "init_from"):
+        if "://" in str(config[key]):
+            raise ValueError(f"{key}={config[key]!r}: object-store URLs are not supported (pjax appends to files, "
+                             "renames them atomically, and multi-host checkpoints need one filesystem every host "
+                             "sees); mount the bucket (e.g. gcsfuse, see tpu/README.md) and pass the mounted path")
     if config.data.task != "synthetic":
         raise ValueError(f"data.task={config.data.task!r}: only 'synthetic' is built in so far")
     cfg = model_config(config)  # raises with the key named
@@ -85,12 +104,23 @@ def validate(config: ConfigDict) -> None:
 
 
 def validate_for_mesh(config: ConfigDict, mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh) -> None:
-    """Checks that need the mesh: the batch splits over the data axes (parameters are checked when
-    their shardings are built)."""
-    dp = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.train.batch_size % dp:
-        raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the data-parallel "
-                         f"size {dp} (data x fsdp of mesh.shape={tuple(mesh.shape.values())})")
+    """Checks that need the mesh: the batch splits over the data axes (and micro-batches), the
+    sequence over a sequence-parallel axis (parameters are checked when their shardings are built)."""
+    rules = sharding.rules_dict(sharding.config_rules(config.sharding))
+    target = rules.get("batch")
+    axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+    dp = math.prod(mesh.shape[a] for a in axes)
+    seq_target = rules.get("act_seq")
+    seq_axes = () if seq_target is None else (seq_target,) if isinstance(seq_target, str) else tuple(seq_target)
+    sp = math.prod(mesh.shape[a] for a in seq_axes)
+    if config.data.max_len % sp:
+        raise ValueError(f"data.max_len={config.data.max_len} is not divisible by the sequence-parallel size {sp} "
+                         f"(mesh axes {seq_axes} of sharding.preset={config.sharding.preset!r})")
+    k = config.train.grad_accum
+    if config.train.batch_size % (dp * k):
+        raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the data-parallel size "
+                         f"{dp} (mesh axes {axes} of mesh.shape={tuple(mesh.shape.values())}) times "
+                         f"train.grad_accum={k}")
 
 
 @dataclasses.dataclass
@@ -99,6 +129,7 @@ class Setup:
 
     config: ConfigDict
     mesh: jax.sharding.Mesh
+    rules: sharding.Rules  # the effective rules table (preset + overrides)
     model_def: models.ModelDef
     tx: optax.GradientTransformation
     lr_schedule: optax.Schedule
@@ -107,14 +138,27 @@ class Setup:
     abstract_state: State  # ShapeDtypeStructs carrying their shardings
 
     def batch_sharding(self, batch: dict[str, Any]) -> dict[str, NamedSharding]:
-        rules = self.config.sharding.rules
-        return {k: sharding.batch_sharding(self.mesh, rules, np.ndim(v)) for k, v in batch.items()}
+        return {k: sharding.batch_sharding(self.mesh, self.rules, np.ndim(v)) for k, v in batch.items()}
+
+    def local_rows(self, global_size: int) -> np.ndarray:
+        """The rows of a global batch of `global_size` that this process's devices hold, in order
+        (every row with one process). A host reads and sends only these."""
+        spec = sharding.batch_sharding(self.mesh, self.rules, 1)
+        slices = {(s[0].start or 0, global_size if s[0].stop is None else s[0].stop)
+                  for s in spec.addressable_devices_indices_map((global_size,)).values()}
+        return np.concatenate([np.arange(a, b) for a, b in sorted(slices)])
+
+    def put_batch(self, local: dict[str, np.ndarray], global_size: int) -> dict[str, jax.Array]:
+        """Assemble the global batch from every process's own rows (`local_rows`)."""
+        shardings = self.batch_sharding(local)
+        return {k: jax.make_array_from_process_local_data(shardings[k], v, (global_size, *v.shape[1:]))
+                for k, v in local.items()}
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Place a global host batch: each device receives only its own slice."""
-        shardings = self.batch_sharding(batch)
-        return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
-                for k, v in batch.items()}
+        """Place a global host batch (each process passes the same one and sends its own rows)."""
+        size = len(next(iter(batch.values())))
+        rows = self.local_rows(size)
+        return self.put_batch({k: v[rows] for k, v in batch.items()}, size)
 
     def init_state(self, seed: int) -> State:
         init = jax.jit(lambda rng: self.state_from_params(self.model_def.init(rng)),
@@ -122,8 +166,11 @@ class Setup:
         return init(jax.random.key(seed))
 
     def state_from_params(self, params: Any) -> State:
+        """The train state: params, optimizer state, step, the RNG (raw key data, advanced every step)
+        and the objectives' running state."""
+        rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.seed), 1))
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params),
-                "loss_state": losses.init_state(self.config.loss)}
+                "rng": rng, "loss_state": losses.init_state(self.config.loss)}
 
     def state_around(self, params: Any) -> State:
         """A fresh optimizer state around loaded params, sharded like the train state."""
@@ -135,26 +182,27 @@ class Setup:
 def make_setup(config: ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
     cfg = model_config(config)
     model_def = models.build(cfg)
-    rules = config.sharding.rules
+    rules = sharding.config_rules(config.sharding)
     param_shardings = sharding.tree_shardings(model_def.logical_specs, model_def.shapes, mesh, rules)
     tx = make_optimizer(config.optim, config.train.steps, model_def.logical_specs)
-    abstract = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p),
-                                         "loss_state": losses.init_state(config.loss)}, model_def.shapes)
+    setup = Setup(config, mesh, rules, model_def, tx, schedule(config.optim, config.train.steps), param_shardings,
+                  None, None)
+    abstract = jax.eval_shape(setup.state_from_params, model_def.shapes)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_shardings,
                                           transform_non_params=lambda _: replicated)
-    state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,
-                       "loss_state": jax.tree.map(lambda _: replicated, abstract["loss_state"])}
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  abstract, state_shardings)
-    return Setup(config, mesh, model_def, tx, schedule(config.optim, config.train.steps), param_shardings,
-                 state_shardings, abstract_state)
+    setup.state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,
+                             "rng": replicated, "loss_state": jax.tree.map(lambda _: replicated, abstract["loss_state"])}
+    setup.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                        abstract, setup.state_shardings)
+    return setup
 
 
 def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
     """`loss_fn(params, ref_params, batch, loss_state) -> (loss, (metrics, new_loss_state))`.
 
-    Computes the per-token log-probs the configured objectives need (the policy's; the reference's
+    Reward-model objectives get the scalar head's rewards at each row's last token. Otherwise it
+    computes the per-token log-probs the configured objectives need (the policy's; the reference's
     unless the batch carries precomputed `ref_logps`; KTO's mismatched `kl_*` rows; WPO's
     `log sum p^2`) and hands them to `losses.combined`.
     """
@@ -173,6 +221,15 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
         if f"{prefix}ref_logps" in batch:
             return batch[f"{prefix}ref_logps"]
         return jax.lax.stop_gradient(logps(ref_params, batch[f"{prefix}tokens"], batch[f"{prefix}mask"]))
+
+    if losses.trains(cfg) == "reward":
+        def reward_loss_fn(params, ref_params, batch, loss_state):
+            rewards = models.sequence_rewards(model_def, params, batch["tokens"], batch["mask"])
+            inputs = LossInputs(rewards=rewards, mask=batch["completion_mask"][..., 1:], state=loss_state)
+            loss, metrics, new_state = losses.combined(inputs, cfg)
+            return loss, (metrics, new_state)
+
+        return reward_loss_fn
 
     def loss_fn(params, ref_params, batch, loss_state):
         out = logps(params, batch["tokens"], batch["mask"], with_log_sum_p2=weighting)
@@ -199,6 +256,13 @@ class TrainStep:
 
     Call it as `step(state, ref_params, batch) -> (state, metrics)`; `jitted(ref_params, batch)` gives
     the underlying `jax.jit` function for that batch layout (e.g. to `lower(...)` it in benchmarks).
+
+    With `train.grad_accum = k > 1` the batch is split into k micro-batches (rows j, j+k, j+2k, ...,
+    so every device keeps its share of each) whose gradients are summed in a `lax.scan`, each weighted
+    by its share of the batch's normaliser: its scored tokens for SFT (a token mean), 1/k otherwise
+    (objectives averaging over pairs or rows). That is the gradient of the whole batch, up to
+    rounding; only a token mean nested inside a preference objective (RPO's NLL, say) and running
+    objective state (BCO) see micro-batches. Metrics are the same weighted averages.
     """
 
     def __init__(self, setup: Setup):
@@ -206,14 +270,43 @@ class TrainStep:
         self.loss_fn = make_loss_fn(setup.config, setup.model_def)
         self._jitted: dict[Any, Callable] = {}
 
+    def gradients(self, params: Any, ref_params: Any, batch: dict, loss_state: Any):
+        """((loss, (metrics, new loss_state)), grads) of the whole batch, micro-batched if configured."""
+        grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
+        k = self.setup.config.train.grad_accum
+        if k == 1:
+            return grad_fn(params, ref_params, batch, loss_state)
+        micro = {key: sharding.constrain(v.reshape(v.shape[0] // k, k, *v.shape[1:]).swapaxes(0, 1),
+                                         (None, "batch")) for key, v in batch.items()}
+        if losses.data_kind(self.setup.config.loss) == "SEQ":  # token mean: weight by scored tokens
+            tokens = micro["completion_mask"][..., 1:].reshape(k, -1).sum(1).astype(jnp.float32)
+            weights = tokens / jnp.maximum(tokens.sum(), 1.0)
+        else:
+            weights = jnp.full((k,), 1.0 / k, jnp.float32)
+
+        def accumulate(carry, xs):
+            grads, state = carry
+            mb, w = xs
+            (loss, (metrics, state)), g = grad_fn(params, ref_params, mb, state)
+            grads = jax.tree.map(lambda a, b: a + w * b.astype(a.dtype), grads, g)
+            return (grads, state), jax.tree.map(lambda m: w * m, (loss, metrics))
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads, loss_state), (loss, metrics) = jax.lax.scan(accumulate, (zeros, loss_state), (micro, weights))
+        loss, metrics = jax.tree.map(lambda x: x.sum(0), (loss, metrics))
+        return (loss, (metrics, loss_state)), grads
+
     def step(self, state: State, ref_params: Any, batch: dict) -> tuple[State, dict]:
         tx, lr = self.setup.tx, self.setup.lr_schedule
-        (loss, (metrics, loss_state)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
-            state["params"], ref_params, batch, state["loss_state"])
+        (loss, (metrics, loss_state)), grads = self.gradients(state["params"], ref_params, batch,
+                                                              state["loss_state"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr(state["step"])}
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "loss_state": loss_state}, metrics
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr(state["step"]),
+                   "batch_tokens": batch["mask"].sum()}
+        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": rng,
+                "loss_state": loss_state}, metrics
 
     def jitted(self, ref_params: Any, batch: dict) -> Callable:
         key = (ref_params is None, tuple(sorted((k, np.ndim(v)) for k, v in batch.items())))
@@ -221,9 +314,13 @@ class TrainStep:
             setup = self.setup
             ref_sh = None if ref_params is None else setup.param_shardings
             self._jitted[key] = jax.jit(
-                self.step, in_shardings=(setup.state_shardings, ref_sh, setup.batch_sharding(batch)),
+                self._step_in_context, in_shardings=(setup.state_shardings, ref_sh, setup.batch_sharding(batch)),
                 out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
         return self._jitted[key]
+
+    def _step_in_context(self, state: State, ref_params: Any, batch: dict) -> tuple[State, dict]:
+        with sharding.use_rules(self.setup.rules):  # activation constraints follow this setup's table
+            return self.step(state, ref_params, batch)
 
     def __call__(self, state: State, ref_params: Any, batch: dict) -> tuple[State, dict]:
         return self.jitted(ref_params, batch)(state, ref_params, batch)
@@ -238,8 +335,9 @@ def load_data(config: ConfigDict):
     from pjax.data import records, synthetic
 
     task = synthetic.build_task(synthetic_config(config))
-    if task.tokenizer.vocab_size > config.model.vocab_size:
-        raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+    vocab = model_config(config).vocab_size
+    if task.tokenizer.vocab_size > vocab:
+        raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's "
                          f"{task.tokenizer.vocab_size}")
     kind = losses.data_kind(config.loss)
     if config.data.path:
@@ -325,31 +423,58 @@ def synthetic_config(config: ConfigDict):
     return synthetic.SyntheticConfig(**kwargs)
 
 
-def run(config: ConfigDict) -> dict[str, Any]:
-    """Train one phase. Returns a summary with the logged metric history and the export path."""
-    from pjax.data import batching
+def data_position(config: ConfigDict, arrays: dict[str, np.ndarray], step: int) -> dict[str, Any]:
+    """What the checkpoint records of the data: the next batch is `batch_indices(num_rows, step,
+    batch_size, seed)` of the rows whose fingerprint this is."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return {"step": int(step), "seed": int(config.seed), "batch_size": int(config.train.batch_size),
+            "num_rows": int(len(arrays["tokens"])), "fingerprint": digest.hexdigest()[:24]}
 
+
+def check_data_position(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
+    """A resumed run must read the batches the interrupted one would have read."""
+    changed = {k: (saved.get(k), v) for k, v in current.items() if k != "step" and saved.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(changed.items()))
+        keys = {"seed": "seed", "batch_size": "train.batch_size"}
+        named = ", ".join(keys.get(k, "data.*") for k in sorted(changed))
+        raise ValueError(f"the data changed since the checkpoint in {where} ({detail}); resuming would not "
+                         f"continue the interrupted run. Restore {named} or use a new workdir")
+
+
+def run(config: ConfigDict) -> dict[str, Any]:
+    """Train one phase. Returns a summary with the logged metric history and the export path
+    (`preempted` is true when SIGTERM stopped it early, after saving a checkpoint)."""
     validate(config)
+    distributed.initialize(config)
     workdir = Path(config.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
+    if distributed.is_leader():
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(config.mesh.shape)
-    rules = config.sharding.rules
-    log.info("phase=%s mesh=%s workdir=%s", config.phase, dict(mesh.shape), workdir)
+    rules = sharding.config_rules(config.sharding)
+    log.info("phase=%s mesh=%s preset=%s workdir=%s", config.phase, dict(mesh.shape), config.sharding.preset, workdir)
     with jax.set_mesh(mesh), sharding.use_rules(rules):
         setup = make_setup(config, mesh)
         validate_for_mesh(config, mesh)
         task, arrays = load_data(config)
         ckpts = checkpoint.PhaseCheckpoints(workdir, keep=config.train.keep_checkpoints,
+                                            keep_every=config.train.keep_every,
                                             async_save=config.train.async_checkpoint)
         needs_reference = losses.needs_reference(config.loss)
-        if config.init_from and (needs_reference or ckpts.latest_step() is None):
+        has_own = ckpts.latest_step() is not None
+        if config.init_from and (needs_reference or not has_own):
             checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg))
-        checkpoint.pin_parent(workdir, config.init_from, resuming=ckpts.latest_step() is not None)
-        state, source = checkpoint.resume(ckpts, config.init_from, setup.abstract_state,
-                                          fresh=lambda: setup.init_state(config.seed),
-                                          with_params=setup.state_around)
+        checkpoint.pin_parent(workdir, config.init_from, resuming=has_own)
+        state, saved_position, source = checkpoint.resume(
+            ckpts, config.init_from, setup.abstract_state, fresh=lambda: setup.init_state(config.seed),
+            with_params=setup.state_around)
+        if saved_position is not None:
+            check_data_position(saved_position, data_position(config, arrays, saved_position["step"]),
+                                str(ckpts.directory))
         ref_params = None
         if needs_reference:
             if config.init_from:
@@ -362,12 +487,29 @@ def run(config: ConfigDict) -> dict[str, Any]:
             if config.data.precompute_ref:
                 arrays = {**arrays, **precomputed_reference(setup, ref_params, arrays)}
                 ref_params = None  # the step reads `ref_logps` from the batch: no reference forward
-        history = train_loop(setup, state, ref_params, arrays, ckpts, batching.batch_at, workdir, source)
+        history = train_loop(setup, state, ref_params, arrays, ckpts, workdir, source)
     return history
 
 
+def first_nonfinite(fetched: list[tuple[int, dict[str, float]]]) -> tuple[int, list[str]] | None:
+    """(step, names) of the first step whose loss or gradient norm is not finite, with every other
+    non-finite metric of that step named too."""
+    for step, metrics in fetched:
+        if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+            return step, sorted(k for k, v in metrics.items() if not np.isfinite(v))
+    return None
+
+
 def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np.ndarray],
-               ckpts: checkpoint.PhaseCheckpoints, batch_at: Callable, workdir: Path, source: str) -> dict:
+               ckpts: checkpoint.PhaseCheckpoints, workdir: Path, source: str) -> dict:
+    """Steps from the state's own step to `train.steps`; each host feeds only its rows of each batch.
+
+    Metrics stay on the device until a log, save or preemption step, when every step's since the
+    last such point is checked: a non-finite loss or gradient stops the run (naming the step, the
+    metric and the last good checkpoint) before anything is saved.
+    """
+    from pjax.data import batching
+
     config = setup.config
     tc = config.train
     step_fn = TrainStep(setup)
@@ -375,68 +517,96 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
     if start > tc.steps:
         raise ValueError(f"train.steps={tc.steps} is below the step {start} of the checkpoint in "
                          f"{ckpts.directory}; raise train.steps or use a new workdir")
-    writer = MetricWriter(workdir)
+    rows = setup.local_rows(tc.batch_size)
+    writer = MetricWriter(workdir, resume_step=start)
     history: list[dict[str, float]] = []
     progress = None
-    if tc.progress and jax.process_index() == 0:
+    if tc.progress and distributed.is_leader():
         from tqdm import tqdm
 
         progress = tqdm(total=tc.steps, initial=start, desc=config.phase, dynamic_ncols=True,
                         disable=None)  # None: shown on a terminal, silent in logs
-    tokens, t0 = 0, time.perf_counter()
-    for step in range(start, tc.steps):
-        host_batch = batch_at(arrays, step, tc.batch_size, config.seed)
-        state, metrics = step_fn(state, ref_params, setup.device_batch(host_batch))
-        done = step + 1
-        if step == start:  # keep compilation out of the throughput figures
-            jax.block_until_ready(metrics)
-            tokens, t0 = 0, time.perf_counter()
-        else:
-            tokens += int(host_batch["mask"].sum())
-        log_now, save_now = done % tc.log_every == 0 or done == tc.steps, done % tc.save_every == 0
-        if log_now or save_now:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics["grad_norm"]):
-                raise FloatingPointError(f"non-finite loss or gradient at step {done} (not saved): {metrics}; "
-                                         f"last checkpoint: step {ckpts.latest_step()} in {ckpts.directory}")
-        if log_now:
-            elapsed = time.perf_counter() - t0
-            metrics["tokens_per_sec"] = tokens / elapsed if tokens else float("nan")
-            tokens, t0 = 0, time.perf_counter()
-            writer.write(done, metrics)
-            history.append({"step": done, **metrics})
+    preemption = distributed.PreemptionWatch()
+    pending: list[tuple[int, dict]] = []
+    tokens, t0, preempted = 0, time.perf_counter(), False
+    try:
+        for step in range(start, tc.steps):
+            local = batching.batch_at(arrays, step, tc.batch_size, config.seed, rows)
+            state, metrics = step_fn(state, ref_params, setup.put_batch(local, tc.batch_size))
+            done = step + 1
+            pending.append((done, metrics))
+            if step == start:  # keep compilation out of the throughput figures
+                jax.block_until_ready(metrics)
+                t0 = time.perf_counter()
+            preempted = preemption.reached(done) and done < tc.steps
+            log_now, save_now = done % tc.log_every == 0 or done == tc.steps, done % tc.save_every == 0
+            if log_now or save_now or preempted:
+                fetched = [(n, {k: float(v) for k, v in m.items()}) for n, m in jax.device_get(pending)]
+                pending = []
+                bad = first_nonfinite(fetched)
+                if bad is not None:
+                    ckpts.wait()
+                    last = ckpts.latest_step()
+                    last = f"step {last} in {ckpts.directory}" if last is not None else "none yet"
+                    raise FloatingPointError(
+                        f"non-finite {', '.join(bad[1])} at step {bad[0]}: stopped without saving. Last good "
+                        f"checkpoint: {last} (a rerun resumes there; lower optim.lr or check the data). "
+                        f"Metrics of step {bad[0]}: {dict(fetched)[bad[0]]}")
+                tokens += sum(int(m["batch_tokens"]) for n, m in fetched if n > start + 1)
+                metrics = fetched[-1][1]
+            if log_now:
+                elapsed = time.perf_counter() - t0
+                metrics["tokens_per_sec"] = tokens / elapsed if tokens else float("nan")
+                tokens, t0 = 0, time.perf_counter()
+                writer.write(done, metrics)
+                history.append({"step": done, **metrics})
+                if progress is not None:
+                    progress.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
             if progress is not None:
-                progress.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_sec']:.0f}")
+                progress.update(1)
+            if (save_now or preempted) and done != tc.steps:
+                ckpts.save(done, state, data_position(config, arrays, done), force=preempted)
+            if preempted:
+                break
+    finally:
+        preemption.close()
         if progress is not None:
-            progress.update(1)
-        if save_now and done != tc.steps:
-            ckpts.save(done, state)
-    if progress is not None:
-        progress.close()
+            progress.close()
+        writer.close()
+    summary = {"history": history, "export": str(workdir / "export"), "workdir": str(workdir), "source": source,
+               "preempted": preempted}
+    if preempted:
+        ckpts.close()
+        log.warning("preempted (SIGTERM) at step %d: checkpoint saved in %s; run the same command again to "
+                    "resume", int(jax.device_get(state["step"])), ckpts.directory)
+        return summary
     if ckpts.latest_step() != tc.steps:
-        ckpts.save(tc.steps, state, force=True)
+        ckpts.save(tc.steps, state, data_position(config, arrays, tc.steps), force=True)
     ckpts.close()
-    writer.close()
     export_dir = workdir / "export"
     existing = checkpoint.export_metadata(export_dir)
     if start == tc.steps and existing is not None and existing.get("step") == tc.steps:
         log.info("phase already complete at step %d; keeping its export %s", tc.steps, export_dir)
-        return {"history": history, "export": str(export_dir), "workdir": str(workdir), "source": source}
+        return summary
     checkpoint.export_params(export_dir, state["params"], {
         "phase": config.phase, "step": tc.steps, "model": dataclasses.asdict(setup.model_def.cfg),
         "init_from": config.init_from,
         "resumed_from": source, "loss": dict(config.loss), "data": dict(config.data),
     })
     log.info("exported params to %s", export_dir)
-    return {"history": history, "export": str(export_dir), "workdir": str(workdir), "source": source}
+    return summary
 
 
 def main(argv) -> None:
     del argv
     logs.configure()
+    distributed.initialize(_CONFIG.value)  # before anything starts JAX's backend
+    logs.configure(process_index=jax.process_index(), process_count=jax.process_count())
     summary = run(_CONFIG.value)
     last = summary["history"][-1] if summary["history"] else {}
-    print(json.dumps({"export": summary["export"], "final": last}, indent=2))
+    if distributed.is_leader():
+        print(json.dumps({"export": None if summary["preempted"] else summary["export"],
+                          "preempted": summary["preempted"], "final": last}, indent=2))
 
 
 if __name__ == "__main__":

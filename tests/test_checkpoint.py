@@ -1,5 +1,8 @@
 """Phase checkpoints and params-only exports."""
 
+import logging
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,16 +29,50 @@ def test_export_round_trip_is_exact(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_phase_checkpoints_keep_latest_and_restore(tmp_path):
-    ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=2, async_save=True)
-    for step in (1, 2, 3):
-        ckpts.save(step, {"step": jnp.int32(step), "params": _tree(step)})
+def test_phase_checkpoints_keep_latest_plus_every_mth_and_restore(tmp_path):
+    ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=2, keep_every=3, async_save=True)
+    for step in range(1, 8):
+        ckpts.save(step, {"step": jnp.int32(step), "params": _tree(step)}, {"step": step, "seed": 0})
     ckpts.wait()
-    assert ckpts.latest_step() == 3
-    assert sorted(ckpts.manager.all_steps()) == [2, 3]
-    state = ckpts.restore(3, _abstract({"step": jnp.int32(0), "params": _tree(0)}))
-    np.testing.assert_array_equal(np.asarray(state["params"]["a"]), np.asarray(_tree(3)["a"]))
+    assert ckpts.latest_step() == 7
+    assert ckpts.all_steps() == [3, 6, 7]  # the latest two (6, 7) plus every third (3, 6)
+    state, data = ckpts.restore(7, _abstract({"step": jnp.int32(0), "params": _tree(0)}))
+    np.testing.assert_array_equal(np.asarray(state["params"]["a"]), np.asarray(_tree(7)["a"]))
+    assert data == {"step": 7, "seed": 0}
     ckpts.close()
+
+
+def _damage(step_dir: Path) -> None:
+    """Overwrite the array data files of a checkpoint (OCDBT `d/` chunks) with garbage."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for p in files:
+        p.write_bytes(b"\x00garbage" * max(1, p.stat().st_size // 8))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=3, async_save=False)
+    for step in (1, 2):
+        ckpts.save(step, {"step": jnp.int32(step), "params": _tree(step)}, {"step": step})
+    ckpts.close()
+    _damage(tmp_path / "checkpoints" / "2")
+    abstract = _abstract({"step": jnp.int32(0), "params": _tree(0)})
+    ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=3, async_save=False)
+    caplog.set_level(logging.WARNING, logger="pjax")
+    state, data, source = checkpoint.resume(ckpts, "", abstract, fresh=None, with_params=None)
+    assert source == "checkpoint:1" and data == {"step": 1}
+    np.testing.assert_array_equal(np.asarray(state["params"]["a"]), np.asarray(_tree(1)["a"]))
+    assert "cannot restore checkpoint" in caplog.text and "trying the previous checkpoint (step 1)" in caplog.text
+    assert (tmp_path / "checkpoints" / "corrupt-2").is_dir()  # moved aside, not deleted
+    assert ckpts.all_steps() == [1]
+    ckpts.save(2, {"step": jnp.int32(2), "params": _tree(2)}, {"step": 2})  # the step can be written again
+    ckpts.close()
+    # a single checkpoint that does not read back is an error naming it, not a silent fresh start
+    _damage(tmp_path / "checkpoints" / "1")
+    _damage(tmp_path / "checkpoints" / "2")
+    ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=3, async_save=False)
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="cannot restore checkpoint .*checkpoints/1"):
+        checkpoint.resume(ckpts, "", abstract, fresh=None, with_params=None)
 
 
 def test_missing_and_corrupt_exports_are_named(tmp_path):

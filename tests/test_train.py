@@ -36,6 +36,13 @@ def test_unknown_config_key_fails_naming_it():
     ("data.max_len", 4096, "data.max_len=4096 exceeds model.max_seq_len=256"),
     ("model.n_kv_heads", 0, "model.n_kv_heads=0"),
     ("model.rope_scaling", (8.0, 4.0, 1.0, 8192.0), "model.rope_scaling"),
+    ("train.grad_accum", 0, "train.grad_accum=0"),
+    ("train.keep_every", -1, "train.keep_every=-1"),
+    ("sharding.preset", "pipeline", "sharding.preset='pipeline'"),
+    ("sharding.rules", (("embed", "fsdq"),), "sharding.rules: 'embed' -> 'fsdq' is not a mesh axis"),
+    ("workdir", "gs://bucket/run", "workdir='gs://bucket/run': object-store URLs are not supported"),
+    ("model.head", "scalar", "model.head='scalar': phase='dpo' needs model.head='lm'"),
+    ("loss.name", "bradley_terry", "loss.name='bradley_terry' trains a reward model; phase='dpo'"),
 ])
 def test_bad_values_fail_at_startup_naming_the_key(tiny_configs, key, value, match):
     _, dpo = tiny_configs
@@ -54,6 +61,12 @@ def test_mesh_mismatches_fail_at_startup(tiny_configs):
     sft.train.batch_size = 6
     with pytest.raises(ValueError, match=r"train.batch_size=6 is not divisible by the data-parallel size 4"):
         train.validate_for_mesh(sft, AbstractMesh((2, 2, 1), sharding.MESH_AXES))
+    sft.train.batch_size, sft.train.grad_accum = 8, 4  # 4 micro-batches of 2 rows cannot split over 4 devices
+    with pytest.raises(ValueError, match=r"train.batch_size=8 .* data-parallel size 4 .* train.grad_accum=4"):
+        train.validate_for_mesh(sft, AbstractMesh((2, 2, 1), sharding.MESH_AXES))
+    sft.train.grad_accum = 1
+    with pytest.raises(ValueError, match=r"mesh.shape=\(2, 2, 2\) needs 8 devices, but 1 are in use"):
+        sharding.make_mesh((2, 2, 2))
     # a tensor axis that does not divide the heads is named with the parameter
     with pytest.raises(ValueError, match=r"'layers'\]\['attn'\]\['wk'\].*kv_heads"):
         train.make_setup(sft, AbstractMesh((1, 1, 4), sharding.MESH_AXES))
@@ -132,13 +145,22 @@ def test_fewer_steps_than_the_checkpoint_is_an_error(tiny_configs):
 
 
 def test_non_finite_state_is_never_saved(tiny_configs):
+    """lr 1e30: step 1 is finite, its update is not; the gradient of step 2 is NaN. Checked at the
+    next save step (3), the run stops naming step 2, the metric and the last good checkpoint (1)."""
     sft, _ = tiny_configs
     sft.optim.lr = 1e30
     sft.optim.grad_clip = 0.0
-    sft.train.steps, sft.train.log_every, sft.train.save_every = 6, 100, 2
-    with pytest.raises(FloatingPointError, match="non-finite .* at step 2 \\(not saved\\)"):
+    sft.train.steps, sft.train.log_every, sft.train.save_every = 6, 100, 3
+    sft.train.async_checkpoint = False
+    ckdir = Path(sft.workdir) / "checkpoints"
+    with pytest.raises(FloatingPointError, match=r"non-finite .*grad_norm.* at step 2: stopped without saving\. "
+                                                 r"Last good checkpoint: none yet"):
         train.run(sft)
-    assert not (Path(sft.workdir) / "checkpoints" / "2").exists()
+    assert not ckdir.exists() or not any(p.name.isdigit() for p in ckdir.iterdir())
+    sft.train.save_every = 1  # now step 1 is saved before the NaN of step 2 shows
+    with pytest.raises(FloatingPointError, match=f"at step 2: .* Last good checkpoint: step 1 in {ckdir}"):
+        train.run(sft)
+    assert sorted(int(p.name) for p in ckdir.iterdir() if p.name.isdigit()) == [1]
 
 
 def test_resume_refuses_a_changed_parent_export(tiny_configs):

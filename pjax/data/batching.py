@@ -118,17 +118,14 @@ def _stack(rows: list[tuple[np.ndarray, ...]], empty_shape: tuple[int, ...]) -> 
     return {k: np.stack(parts) for k, parts in zip(names, zip(*rows))}
 
 
-def batch_at(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
-    """The batch for global ``step``: depends only on (seed, step), so resuming is exact.
+def batch_indices(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """Row indices (into N rows) of the global batch at ``step``: depends only on (seed, step), so
+    resuming is exact and the order does not depend on how many hosts read it.
 
     Global row ``g = step * batch_size + j`` lies in epoch ``g // N`` and is
     ``perm(seed, epoch)[g % N]``, where ``perm`` is a seeded permutation of
     ``range(N)``; batches therefore wrap across epoch boundaries.
     """
-    sizes = {k: len(v) for k, v in arrays.items()}
-    if not sizes or len(set(sizes.values())) != 1:
-        raise ValueError(f"arrays must be non-empty with equal leading sizes, got {sizes}")
-    n = next(iter(sizes.values()))
     if not 0 < batch_size <= n:
         raise ValueError(f"batch_size must be in [1, N={n}], got {batch_size}")
     if step < 0 or seed < 0:
@@ -140,4 +137,21 @@ def batch_at(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed: in
         perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
         sel = epochs == epoch
         idx[sel] = perm[g[sel] % n]
+    return idx
+
+
+def num_rows(arrays: dict[str, np.ndarray]) -> int:
+    sizes = {k: len(v) for k, v in arrays.items()}
+    if not sizes or len(set(sizes.values())) != 1:
+        raise ValueError(f"arrays must be non-empty with equal leading sizes, got {sizes}")
+    return next(iter(sizes.values()))
+
+
+def batch_at(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed: int,
+             rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The batch for global ``step`` (see `batch_indices`); with ``rows``, only those rows of it (a
+    host's own share of the global batch: it reads nothing else)."""
+    idx = batch_indices(num_rows(arrays), step, batch_size, seed)
+    if rows is not None:
+        idx = idx[rows]
     return {k: v[idx] for k, v in arrays.items()}

@@ -1,8 +1,8 @@
 """Pure objectives `(LossInputs, cfg) -> (loss, metrics)` and their registry."""
 
-from pjax.losses import listwise, pairwise, reference_free, sft, unpaired  # noqa: F401  (registers them)
+from pjax.losses import listwise, pairwise, reference_free, reward, sft, unpaired  # noqa: F401  (registers them)
 from pjax.losses.registry import (REGISTRY, LossInputs, Objective, combined, data_kind, get, init_state,
-                                  markdown_table, needs_reference, register, terms)
+                                  markdown_table, needs_reference, register, terms, trains)
 
 __all__ = ["REGISTRY", "LossInputs", "Objective", "combined", "data_kind", "get", "init_state", "markdown_table",
-           "needs_reference", "register", "terms"]
+           "needs_reference", "register", "terms", "trains"]

@@ -26,8 +26,8 @@ class LossInputs:
     weighting stay possible.
     """
 
-    policy_logps: Array
-    mask: Array
+    policy_logps: Optional[Array] = None  # None for reward-model objectives
+    mask: Optional[Array] = None
     ref_logps: Optional[Array] = None  # same shape; None for reference-free objectives
     labels: Optional[Array] = None  # UNP: [B] 1 = desirable, 0 = undesirable
     scores: Optional[Array] = None  # LIST: [B, K], higher is better
@@ -36,6 +36,7 @@ class LossInputs:
     kl_mask: Optional[Array] = None
     policy_log_sum_p2: Optional[Array] = None  # WPO: per-token log sum_v p(v)^2, same shape as policy_logps
     state: Optional[dict] = None  # running state of stateful objectives (e.g. BCO's reward shift)
+    rewards: Optional[Array] = None  # reward-model objectives: scalar-head outputs, [B, 2] for PAIR
 
 
 # fn(inputs, cfg) -> (loss, metrics); a stateful objective returns (loss, metrics, new_state).
@@ -50,6 +51,7 @@ class Objective:
     needs_reference: bool
     paper: str
     init_state: Optional[Callable[[Any], dict]] = None  # stateful objectives: cfg -> initial state
+    trains: str = "policy"  # policy: reads log-probs | reward: reads a scalar head's `rewards`
 
     @property
     def kind(self) -> str:
@@ -61,13 +63,14 @@ ALIASES = {"dpo": "sigmoid"}  # TRL's default DPO loss type is called `sigmoid`
 
 
 def register(name: str, *, data_shape: str, needs_reference: bool, paper: str,
-             init_state: Optional[Callable[[Any], dict]] = None) -> Callable[[LossFn], LossFn]:
+             init_state: Optional[Callable[[Any], dict]] = None, trains: str = "policy"
+             ) -> Callable[[LossFn], LossFn]:
     """Add an objective to the registry under `name` (the `config.loss.name` that selects it)."""
 
     def wrap(fn: LossFn) -> LossFn:
         if name in REGISTRY:
             raise ValueError(f"objective {name!r} registered twice")
-        REGISTRY[name] = Objective(name, fn, data_shape, needs_reference, paper, init_state)
+        REGISTRY[name] = Objective(name, fn, data_shape, needs_reference, paper, init_state, trains)
         return fn
 
     return wrap
@@ -82,9 +85,10 @@ def get(name: str) -> Objective:
 
 
 def markdown_table() -> str:
-    rows = ["| name | data shape | needs reference | paper |", "|---|---|---|---|"]
+    rows = ["| name | trains | data shape | needs reference | paper |", "|---|---|---|---|---|"]
     for obj in sorted(REGISTRY.values(), key=lambda o: o.name):
-        rows.append(f"| `{obj.name}` | {obj.data_shape} | {'yes' if obj.needs_reference else 'no'} | {obj.paper} |")
+        rows.append(f"| `{obj.name}` | {obj.trains} | {obj.data_shape} | {'yes' if obj.needs_reference else 'no'} "
+                    f"| {obj.paper} |")
     return "\n".join(rows)
 
 
@@ -101,6 +105,8 @@ def terms(cfg) -> list[tuple[Objective, float]]:
     weights = weights or (1.0,) * len(names)
     out = [(get(n), float(w)) for n, w in zip(names, weights)]
     kinds = {o.kind for o, _ in out if o.name not in SHAPE_AGNOSTIC}
+    if len({o.trains for o, _ in out}) > 1:
+        raise ValueError(f"loss.names={names} mixes reward-model and policy objectives")
     if len(kinds) > 1:
         raise ValueError(f"loss.names={names} mixes data shapes {sorted(kinds)}")
     if kinds & {"UNP", "LIST"} and any(o.name in SHAPE_AGNOSTIC for o, _ in out):
@@ -113,6 +119,11 @@ def data_kind(cfg) -> str:
     """The data shape the configured objectives need: SEQ, PAIR, STEP, UNP or LIST."""
     kinds = [o.kind for o, _ in terms(cfg) if o.name not in SHAPE_AGNOSTIC]
     return kinds[0] if kinds else "SEQ"
+
+
+def trains(cfg) -> str:
+    """What the configured objectives train: `policy` (log-probs) or `reward` (a scalar head)."""
+    return terms(cfg)[0][0].trains
 
 
 def needs_reference(cfg) -> bool:

@@ -65,11 +65,32 @@ def sequence_token_logprobs(model_def: ModelDef, params: Params, tokens: jax.Arr
     tok = tokens.reshape(-1, T)
     msk = mask.reshape(-1, T)
     model = model_def.module(params)
-    hidden, _ = model(tok[:, :-1], positions_from_mask(msk)[:, :-1], msk[:, :-1])
-    out = token_logprobs(hidden, model.head_kernel(), tok[:, 1:], chunk_size=chunk_size,
+    # All T positions go through the model (the last one's output is unused): a power-of-two T keeps
+    # the sequence divisible by a sequence-parallel mesh axis. Causal attention leaves the others as
+    # they would be without it.
+    hidden, _ = model(tok, positions_from_mask(msk), msk)
+    out = token_logprobs(hidden[:, :-1], model.head_kernel(), tok[:, 1:], chunk_size=chunk_size,
                          temperature=temperature, with_log_sum_p2=with_log_sum_p2)
     return jax.tree.map(lambda x: x.reshape(*lead, T - 1), out)
 
 
+def last_token_index(mask: jax.Array) -> jax.Array:
+    """Index of the last real token of each row of `mask` `[N, T]`, for right and left padding alike."""
+    T = mask.shape[-1]
+    return (T - 1 - jnp.argmax(jnp.flip(mask > 0, axis=-1), axis=-1)).astype(jnp.int32)
+
+
+def sequence_rewards(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """Scalar-head outputs (`model.head='scalar'`) read at the last real token: `[...]` float32 for
+    `tokens`, `mask` `[..., T]` (e.g. `[B, 2]` rewards of preference pairs)."""
+    lead, T = tokens.shape[:-1], tokens.shape[-1]
+    tok, msk = tokens.reshape(-1, T), mask.reshape(-1, T)
+    model = model_def.module(params)
+    hidden, _ = model(tok, positions_from_mask(msk), msk)
+    last = jnp.take_along_axis(hidden, last_token_index(msk)[:, None, None], axis=1)[:, 0]
+    rewards = last.astype(jnp.float32) @ model.score[...].astype(jnp.float32)
+    return rewards.reshape(lead)
+
+
 __all__ = ["Llama", "LlamaConfig", "ModelDef", "build", "init_cache", "positions_from_mask", "preset",
-           "sequence_token_logprobs", "token_logprobs"]
+           "sequence_rewards", "sequence_token_logprobs", "token_logprobs"]

@@ -51,6 +51,7 @@ class LlamaConfig:
     dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
+    head: str = "lm"  # lm: next-token logits | scalar: one reward/value per sequence (read at its last token)
 
     def __post_init__(self):
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
@@ -67,17 +68,21 @@ class LlamaConfig:
         if self.rope_scaling and (len(self.rope_scaling) != 4 or not self.rope_scaling[1] < self.rope_scaling[2]):
             raise ValueError(f"model.rope_scaling={self.rope_scaling}: expected () or (factor, low_freq_factor, "
                              "high_freq_factor, original_max_position) with low_freq_factor < high_freq_factor")
+        if self.head not in ("lm", "scalar"):
+            raise ValueError(f"model.head={self.head!r}: expected 'lm' or 'scalar'")
         for key in ("param_dtype", "dtype"):
             if getattr(self, key) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"model.{key}={getattr(self, key)!r}: expected float32, bfloat16 or float16")
 
     @property
     def num_params(self) -> int:
-        """Parameter count (embeddings included once when tied)."""
+        """Parameter count (embeddings included once when tied; a scalar head has `d_model` weights in
+        place of the LM head)."""
         d, f, hd = self.d_model, self.d_ff, self.head_dim
         attn = d * hd * (2 * self.n_heads + 2 * self.n_kv_heads)
         layer = attn + 3 * d * f + 2 * d
-        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        separate_lm_head = self.head == "lm" and not self.tie_embeddings
+        emb = self.vocab_size * d * (2 if separate_lm_head else 1) + (d if self.head == "scalar" else 0)
         return self.n_layers * layer + emb + d
 
 
@@ -245,11 +250,15 @@ class Llama(nnx.Module):
 
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
-        if not cfg.tie_embeddings:
+        if cfg.head == "scalar":
+            self.score = _param(rngs, (cfg.d_model,), ("embed",), pd, scale=1.0 / math.sqrt(cfg.d_model))
+        elif not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd)
 
     def head_kernel(self) -> Array:
         """The LM head as a `[D, V]` matrix (the transposed embedding when tied)."""
+        if self.cfg.head != "lm":
+            raise ValueError(f"model.head={self.cfg.head!r} has no LM head")
         return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
     def __call__(self, tokens: Array, positions: Array, key_mask: Array,

@@ -87,14 +87,16 @@ def test_registry_table_cli():
     out = subprocess.run([sys.executable, "-m", "pjax.losses"], capture_output=True, text=True, check=True).stdout
     lines = [line for line in out.splitlines() if line.startswith("| `")]
     assert len(lines) == len(losses.REGISTRY)
-    assert any("`sigmoid` | PAIR [B,2,T] | yes" in line for line in lines)
+    assert any("`sigmoid` | policy | PAIR [B,2,T] | yes" in line for line in lines)
+    assert any("`bradley_terry` | reward | PAIR" in line for line in lines)
 
 
 TRL_PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                     "logps/chosen", "logps/rejected")
 
 
-@pytest.mark.parametrize("name", sorted(n for n, o in losses.REGISTRY.items() if o.kind in ("PAIR", "STEP")))
+@pytest.mark.parametrize("name", sorted(n for n, o in losses.REGISTRY.items()
+                                        if o.kind in ("PAIR", "STEP") and o.trains == "policy"))
 def test_pairwise_objectives_log_trl_metrics(name):
     from configs.base import get_config
 

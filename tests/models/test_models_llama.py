@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from configs.base import RULES
-from pjax.models import build, positions_from_mask, sequence_token_logprobs
+from pjax.models import build, positions_from_mask, sequence_rewards, sequence_token_logprobs
 from pjax.models.llama import LlamaConfig, init_cache, preset, rope_frequencies
 
 # ----------------------------------------------------------------------------- NumPy reference
@@ -71,6 +71,13 @@ def np_softmax(x):
 def np_llama_logits(params, cfg, tokens, positions, mask):
     """Logits [B, T, V] (float64) of a Llama decoder; `mask` [B, T]: 1 = real token (key padding mask)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    head = p["embed"].T if cfg.tie_embeddings else p["lm_head"]
+    return np_llama_hidden(params, cfg, tokens, positions, mask) @ head
+
+
+def np_llama_hidden(params, cfg, tokens, positions, mask):
+    """Final hidden states [B, T, D] (float64, after the last norm)."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     B, T = tokens.shape
     H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     group = H // K
@@ -95,9 +102,7 @@ def np_llama_logits(params, cfg, tokens, positions, mask):
         x = x + np.einsum("btnk,nkd->btd", attn, lp["attn"]["wo"])
         h = np_rms_norm(x, lp["mlp_norm"]["scale"], cfg.norm_eps)
         x = x + (np_silu(h @ lp["mlp"]["gate"]) * (h @ lp["mlp"]["up"])) @ lp["mlp"]["down"]
-    x = np_rms_norm(x, p["final_norm"]["scale"], cfg.norm_eps)
-    head = p["embed"].T if cfg.tie_embeddings else p["lm_head"]
-    return x @ head
+    return np_rms_norm(x, p["final_norm"]["scale"], cfg.norm_eps)
 
 
 def np_positions(mask):
@@ -411,3 +416,33 @@ def test_heads_not_divisible_by_kv_heads():
         tiny_cfg(n_heads=6, n_kv_heads=4)
     with pytest.raises(ValueError, match=r"model\.n_heads"):
         preset("tiny", n_kv_heads=3)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_scalar_head_reads_the_last_real_token(tied):
+    """A reward model's output: the float64 NumPy decoder's final hidden state at the last real token
+    of each row, times the score vector; the same sequence right- and left-padded scores the same."""
+    cfg = tiny_cfg(head="scalar", tie_embeddings=tied)
+    model_def = build(cfg)
+    params = perturbed_params(model_def, seed=3)
+    assert "score" in params and "lm_head" not in params
+    assert cfg.num_params == sum(a.size for a in jax.tree.leaves(params))
+    rng = np.random.default_rng(0)
+    T, seq = 10, rng.integers(3, cfg.vocab_size, size=6)
+    right = np.zeros((2, T), np.int32)
+    mask_r = np.zeros((2, T), np.int32)
+    right[0, :6], mask_r[0, :6] = seq, 1  # right padding
+    right[1, :9], mask_r[1, :9] = rng.integers(3, cfg.vocab_size, size=9), 1
+    left, mask_l = np.zeros_like(right), np.zeros_like(mask_r)
+    left[0, T - 6:], mask_l[0, T - 6:] = seq, 1  # the same sequence, left-padded
+    left[1], mask_l[1] = right[1], mask_r[1]
+    got = jax.jit(lambda p, t, m: sequence_rewards(model_def, p, t, m))(params, np.stack([right, left]),
+                                                                         np.stack([mask_r, mask_l]))
+    assert got.shape == (2, 2)
+    score = np.asarray(params["score"], np.float64)
+    for which, (tokens, mask) in enumerate(((right, mask_r), (left, mask_l))):
+        hidden = np_llama_hidden(params, cfg, tokens, np_positions(mask), mask)
+        for b in range(2):
+            last = max(np.flatnonzero(mask[b]))
+            np.testing.assert_allclose(float(got[which, b]), hidden[b, last] @ score, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(got[0, 0]), float(got[1, 0]), rtol=1e-4, atol=1e-5)

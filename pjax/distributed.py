@@ -1,0 +1,118 @@
+"""Multi-host start-up on JAX's multi-controller runtime (`jax.distributed`).
+
+Every process runs the same program; `initialize(config)` connects them before JAX's backend starts:
+
+* explicit: `distributed.coordinator=host:port` with `num_processes` and `process_id` (or the
+  `JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` environment variables);
+* Cloud TPU pods, SLURM and Open MPI jobs: detected from the environment; JAX reads the coordinator and
+  process ids there itself;
+* otherwise one process (nothing to connect).
+
+If a peer dies, JAX's coordination service notices the missing heartbeats and ends every other
+process with "Terminating process because the JAX distributed service detected fatal errors ... another
+task died", after at most `distributed.heartbeat_timeout_s`: a run never hangs on a dead peer.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import logging
+import os
+import signal
+import threading
+
+import jax
+from ml_collections import ConfigDict
+
+log = logging.getLogger("pjax")
+
+
+def cluster_environment() -> str | None:
+    """The multi-process environment this process runs in, or None for a single process."""
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "env"
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+        return "slurm"
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "openmpi"
+    on_tpu_vm = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+    if on_tpu_vm and importlib.util.find_spec("libtpu") is not None:
+        return "tpu"  # a single-host TPU VM is fine too: JAX then finds one process
+    return None
+
+
+def initialize(config: ConfigDict) -> None:
+    """Connect this process to the others (see the module docstring); idempotent.
+
+    Must run before anything touches JAX's backend (devices, arrays, jit), as `pjax.train.main` does.
+    """
+    d = config.distributed
+    if d.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", int(d.cpu_devices))
+    if jax.distributed.is_initialized():
+        return
+    timeouts = dict(initialization_timeout=int(d.init_timeout_s), heartbeat_timeout_seconds=int(d.heartbeat_timeout_s))
+    if d.coordinator:
+        if d.num_processes <= 0 or d.process_id < 0:
+            raise ValueError(f"distributed.coordinator={d.coordinator!r} needs distributed.num_processes "
+                             f"(got {d.num_processes}) and distributed.process_id (got {d.process_id})")
+        if d.process_id >= d.num_processes:
+            raise ValueError(f"distributed.process_id={d.process_id} must be below "
+                             f"distributed.num_processes={d.num_processes}")
+        jax.distributed.initialize(d.coordinator, int(d.num_processes), int(d.process_id), **timeouts)
+        where = "explicit"
+    else:
+        where = cluster_environment()
+        if where is None:
+            return
+        jax.distributed.initialize(**timeouts)
+    if jax.process_index() == 0:
+        log.info("distributed (%s): process %d of %d, %d local of %d devices", where, jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def is_leader() -> bool:
+    """Process 0 logs, writes metrics and prints progress."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (a no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class PreemptionWatch:
+    """SIGTERM (the preemption notice of Cloud TPUs and most schedulers) -> save and stop.
+
+    With one process a SIGTERM handler sets a flag. With several, JAX's preemption service (started
+    by `jax.distributed.initialize`) catches the signal on whichever host receives it and agrees on a
+    step at which every host stops: `reached(step)` must then be called at every step by all.
+    """
+
+    def __init__(self) -> None:
+        self.multi_process = jax.process_count() > 1
+        self.signalled = False
+        self._previous = None
+        if not self.multi_process and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.signalled = True
+        log.warning("SIGTERM: saving a checkpoint after the current step, then stopping")
+
+    def reached(self, step: int) -> bool:
+        if self.multi_process:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.signalled
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None

@@ -1,0 +1,80 @@
+"""Multi-host runs as local processes (`jax.distributed` over 127.0.0.1, CPU devices): two processes
+of 4 devices against one of 8, and what happens when a peer dies."""
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from tests.procs import losses, multi_process, run, tiny_flags, train_command, wait_all, wait_for_step
+
+
+def test_two_processes_match_one_process_for_sft_and_dpo(tmp_path):
+    """Same global batches, same mesh shape (1, 8, 1): the loss trajectories agree to float32 rounding
+    (the reductions are ordered differently across processes). Each process feeds only its own rows
+    (`Setup.local_rows`); a process feeding the wrong rows would change the losses."""
+    cache, steps = tmp_path / "cache", 6
+    for phase, config in (("sft", "sft_tiny.py"), ("dpo", "dpo_tiny.py")):
+        one, two = tmp_path / f"one_{phase}", tmp_path / f"two_{phase}"
+        parent = {} if phase == "sft" else {"init_from": tmp_path / "one_sft" / "export"}
+        run(train_command(config, tiny_flags(one, cache, steps, distributed__cpu_devices=8, **parent)),
+            tmp_path / f"one_{phase}.log")
+        parent = {} if phase == "sft" else {"init_from": tmp_path / "two_sft" / "export"}
+        logs = [tmp_path / f"two_{phase}_{i}.log" for i in range(2)]
+        wait_all(multi_process(config, tiny_flags(two, cache, steps, **parent), logs, 4), logs)
+        expected, got = losses(one), losses(two)
+        assert sorted(got) == list(range(1, steps + 1)) == sorted(expected)
+        np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)],
+                                   rtol=2e-6, atol=0)
+        assert (two / "export" / "pjax.json").exists()
+        leader, other = (log.read_text() for log in logs)
+        assert "INFO [0] pjax: exported params" in leader  # multi-process lines carry the process index
+        assert "[1] pjax" not in other and '"final"' not in other  # process 1 neither logs nor prints
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker_dies", "coordinator_dies"])
+def test_a_dead_peer_ends_the_other_process(tmp_path, victim):
+    """SIGKILL one process mid-run: the survivor must exit non-zero, saying why, within the heartbeat
+    timeout (5 s here) plus slack, instead of hanging in a collective."""
+    workdir = tmp_path / "run"
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    flags = tiny_flags(workdir, tmp_path / "cache", 100_000, train__save_every=100_000)
+    procs = multi_process("sft_tiny.py", flags, logs, 4, heartbeat_timeout_s=5)
+    try:
+        wait_for_step(procs[0], workdir, 3, timeout=180)
+        procs[victim].kill()
+        killed_at = time.monotonic()
+        survivor = procs[1 - victim]
+        code = survivor.wait(timeout=90)
+        elapsed = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            p.kill()
+    text = logs[1 - victim].read_text()
+    assert code != 0, text[-3000:]
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    assert "another task died" in text or "peer" in text.lower(), text[-3000:]
+
+
+def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path):
+    """A TPU pod's preemption notice reaches some hosts only: JAX's preemption service agrees on a
+    step, every process saves that checkpoint together and exits cleanly (status 0)."""
+    workdir = tmp_path / "run"
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    flags = tiny_flags(workdir, tmp_path / "cache", 100_000, train__save_every=100_000)
+    procs = multi_process("sft_tiny.py", flags, logs, 4)
+    try:
+        wait_for_step(procs[0], workdir, 3, timeout=180)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    stopped = max(losses(workdir))
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [stopped]
+    assert f"preempted (SIGTERM) at step {stopped}" in logs[1].read_text()
+    assert '"preempted": true' in logs[0].read_text()
+    assert not (workdir / "export").exists()
