@@ -63,7 +63,7 @@ from pjax import losses, sharding
 from pjax.data.shapes import random_batch
 from pjax.models.heads import naive_token_logprobs, token_logprobs
 from pjax.models.llama import LlamaConfig
-from pjax.plan import analysis_dict
+from pjax.plan import analysis_dict, dashes_to_underscores
 from pjax.train import TrainStep, make_setup, model_config, validate, validate_for_mesh
 
 FLOP_FORMULA = (
@@ -253,17 +253,6 @@ def logprob_memory(batch: int = 4, length: int = 512, dim: int = 576, vocab: int
 
 
 # -------------------------------------------------------------------------------------------- CLI
-def _dashes_to_underscores(argv: list[str]) -> list[str]:
-    """Accept `--prompt-len` as well as `--prompt_len` for this module's own flags."""
-    out = []
-    for a in argv:
-        if a.startswith("--") and not a.startswith("--config"):
-            name, eq, value = a[2:].partition("=")
-            a = "--" + name.replace("-", "_") + eq + value
-        out.append(a)
-    return out
-
-
 def main(argv) -> None:
     del argv
     if FLAGS.logprob_memory:
@@ -282,4 +271,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, argv=_dashes_to_underscores(sys.argv))
+    app.run(main, argv=dashes_to_underscores(sys.argv))

@@ -370,8 +370,8 @@ def _flag_values(argv: Sequence[str]):
     return fv
 
 
-def _dashes_to_underscores(argv: Sequence[str]) -> list[str]:
-    """Accept `--hbm-gib` as well as `--hbm_gib` for this module's own flags."""
+def dashes_to_underscores(argv: Sequence[str]) -> list[str]:
+    """Accept `--hbm-gib` as well as `--hbm_gib` for a command's own flags (not `--config.*`)."""
     out = []
     for a in argv:
         if a.startswith("--") and not a.startswith("--config"):
@@ -392,7 +392,7 @@ def _fast_cpu_compile() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from absl import flags
 
-    argv = _dashes_to_underscores(sys.argv if argv is None else argv)
+    argv = dashes_to_underscores(sys.argv if argv is None else argv)
     fv = _flag_values(argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(__doc__)

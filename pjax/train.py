@@ -189,8 +189,11 @@ def make_setup(config: ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
                   None, None)
     abstract = jax.eval_shape(setup.state_from_params, model_def.shapes)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_shardings,
-                                          transform_non_params=lambda _: replicated)
+    # `tree_map_params` runs `tx.init` eagerly on placeholders: keep its scalars off the mesh (which may
+    # be compile-only devices, see pjax.plan)
+    with jax.set_mesh(None):
+        opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_shardings,
+                                              transform_non_params=lambda _: replicated)
     setup.state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,
                              "rng": replicated, "loss_state": jax.tree.map(lambda _: replicated, abstract["loss_state"])}
     setup.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

@@ -52,6 +52,7 @@ def test_a_dead_peer_ends_the_other_process(tmp_path, victim):
         for p in procs:
             p.kill()
     text = logs[1 - victim].read_text()
+    print(f"survivor (process {1 - victim}) exited {code} {elapsed:.1f} s after the kill")
     assert code != 0, text[-3000:]
     assert elapsed < 60, f"took {elapsed:.0f} s"
     assert "another task died" in text or "peer" in text.lower(), text[-3000:]
