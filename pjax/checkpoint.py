@@ -66,19 +66,61 @@ class PhaseCheckpoints:
         return out["state"], dict(out["data"])
 
     def restore_latest_good(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
-        """The newest checkpoint that restores, or None if there is none. A newer one that fails is
-        moved aside to `checkpoints/corrupt-<step>` (kept, not deleted) with a warning."""
+        """The newest checkpoint that restores, or None if there is none.
+
+        A checkpoint whose saved tree differs from `abstract_state` (a changed model or objective) is
+        a configuration error, raised at once. One that fails to read back is skipped for the previous
+        one; once an older checkpoint has restored, the newer unreadable ones are moved aside to
+        `checkpoints/corrupt-<step>` (kept, not deleted) with a warning. If none restores, nothing is
+        moved and the newest one's error is raised. With several processes a checkpoint counts as
+        readable only if every process read it.
+        """
         steps = self.all_steps()
-        for i, step in reversed(list(enumerate(steps))):
+        failed: list[tuple[int, CorruptCheckpoint]] = []
+        for step in reversed(steps):
+            mismatch = self.structure_mismatch(step, abstract_state)
+            if mismatch:
+                raise ValueError(f"checkpoint {self.directory / str(step)} holds a different train state than the "
+                                 f"config builds ({mismatch}); restore the config it was written with or use a "
+                                 "new workdir")
             try:
                 state, data = self.restore(step, abstract_state)
-                return step, state, data
+                error = None
             except CorruptCheckpoint as e:
-                if i == 0:
-                    raise
-                log.warning("%s; moving it aside and trying the previous checkpoint (step %d)", e, steps[i - 1])
-                self._quarantine(step)
+                state = data = None
+                error = e
+            if not _everywhere(error is None):
+                failed.append((step, error or CorruptCheckpoint(
+                    f"checkpoint {self.directory / str(step)} did not read back on another process")))
+                continue
+            for bad, e in failed:
+                log.warning("%s; moved aside to %s, resuming from the previous checkpoint (step %d)",
+                            e, self.directory / f"corrupt-{bad}", step)
+                self._quarantine(bad)
+            return step, state, data
+        if failed:
+            raise failed[0][1]
         return None
+
+    def structure_mismatch(self, step: int, abstract_state: Any) -> str:
+        """What differs between the saved tree of `step` and `abstract_state` ("" if nothing, or if
+        the metadata cannot be read: then the restore reports the damage)."""
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+            saved = getattr(saved, "tree", saved)
+        except Exception:  # noqa: BLE001 - unreadable metadata is damage, found by the restore
+            return ""
+        flat_saved = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+        flat_now = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+        if not flat_saved:
+            return ""
+        diffs = [f"{k} only in the checkpoint" for k in sorted(set(flat_saved) - set(flat_now))]
+        diffs += [f"{k} only in the config" for k in sorted(set(flat_now) - set(flat_saved))]
+        for k in sorted(set(flat_saved) & set(flat_now)):
+            a, b = flat_saved[k], flat_now[k]
+            if getattr(a, "shape", None) is not None and tuple(a.shape) != tuple(b.shape):
+                diffs.append(f"{k}: shape {tuple(a.shape)} saved vs {tuple(b.shape)} now")
+        return "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
 
     def _quarantine(self, step: int) -> None:
         from pjax import distributed
@@ -99,6 +141,16 @@ class PhaseCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _everywhere(ok: bool) -> bool:
+    """`ok` on every process (a collective when there are several)."""
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
 def export_params(directory: str | os.PathLike, params: Any, metadata: dict[str, Any]) -> Path:

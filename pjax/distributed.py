@@ -67,7 +67,17 @@ def initialize(config: ConfigDict) -> None:
         where = cluster_environment()
         if where is None:
             return
-        jax.distributed.initialize(**timeouts)
+        if where == "env":  # JAX itself reads only the coordinator address from the environment
+            env = {k: os.environ.get(k, "") for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
+            try:
+                n, i = int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"])
+            except ValueError:
+                raise ValueError(f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']!r} needs integer "
+                                 f"JAX_NUM_PROCESSES (got {env['JAX_NUM_PROCESSES']!r}) and JAX_PROCESS_ID "
+                                 f"(got {env['JAX_PROCESS_ID']!r})") from None
+            jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], n, i, **timeouts)
+        else:
+            jax.distributed.initialize(**timeouts)
     if jax.process_index() == 0:
         log.info("distributed (%s): process %d of %d, %d local of %d devices", where, jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -88,6 +88,9 @@ def validate(config: ConfigDict) -> None:
             raise ValueError(f"{key}={value} must be positive")
     if config.train.keep_every < 0:
         raise ValueError(f"train.keep_every={config.train.keep_every} must be >= 0 (0 = keep only the latest)")
+    if config.train.keep_every % config.train.save_every:
+        raise ValueError(f"train.keep_every={config.train.keep_every} must be a multiple of "
+                         f"train.save_every={config.train.save_every} (it keeps the saved steps divisible by it)")
     sharding.config_rules(config.sharding)  # raises with the key named
     if config.optim.warmup_steps < 0:
         raise ValueError(f"optim.warmup_steps={config.optim.warmup_steps} must be >= 0")
@@ -254,6 +257,23 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
     return loss_fn
 
 
+def combine_micro_metrics(metrics: dict[str, jax.Array], weights: jax.Array) -> dict[str, jax.Array]:
+    """One step's metrics from its micro-batches' (leading axis k): `num_*` counts are summed,
+    `*/min` and `*/max` reduced as named, everything else averaged with the micro-batch weights."""
+    out = {}
+    for name, values in metrics.items():
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf.startswith("num_"):
+            out[name] = values.sum(0)
+        elif leaf == "min":
+            out[name] = values.min(0)
+        elif leaf == "max":
+            out[name] = values.max(0)
+        else:
+            out[name] = (weights.reshape((-1,) + (1,) * (values.ndim - 1)) * values).sum(0)
+    return out
+
+
 class TrainStep:
     """The generic train step: grads of the objective, AdamW update, metrics.
 
@@ -263,9 +283,10 @@ class TrainStep:
     With `train.grad_accum = k > 1` the batch is split into k micro-batches (rows j, j+k, j+2k, ...,
     so every device keeps its share of each) whose gradients are summed in a `lax.scan`, each weighted
     by its share of the batch's normaliser: its scored tokens for SFT (a token mean), 1/k otherwise
-    (objectives averaging over pairs or rows). That is the gradient of the whole batch, up to
-    rounding; only a token mean nested inside a preference objective (RPO's NLL, say) and running
-    objective state (BCO) see micro-batches. Metrics are the same weighted averages.
+    (objectives averaging over pairs or rows), and summed in float32. That is the gradient of the
+    whole batch, up to rounding; only a token mean nested inside a preference objective (RPO's NLL,
+    say), batch statistics (KTO's z0 from the batch's mismatched pairs) and running objective state
+    (BCO) see micro-batches. Metrics: see `combine_micro_metrics`.
     """
 
     def __init__(self, setup: Setup):
@@ -291,13 +312,15 @@ class TrainStep:
             grads, state = carry
             mb, w = xs
             (loss, (metrics, state)), g = grad_fn(params, ref_params, mb, state)
-            grads = jax.tree.map(lambda a, b: a + w * b.astype(a.dtype), grads, g)
-            return (grads, state), jax.tree.map(lambda m: w * m, (loss, metrics))
+            grads = jax.tree.map(lambda a, b: a + w * b.astype(jnp.float32), grads, g)
+            return (grads, state), (loss, metrics)
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, loss_state), (loss, metrics) = jax.lax.scan(accumulate, (zeros, loss_state), (micro, weights))
-        loss, metrics = jax.tree.map(lambda x: x.sum(0), (loss, metrics))
-        return (loss, (metrics, loss_state)), grads
+        shardings = self.setup.param_shardings
+        zeros = jax.tree.map(lambda p, sh: jax.lax.with_sharding_constraint(jnp.zeros(p.shape, jnp.float32), sh),
+                             params, shardings)  # float32 sums, laid out like the params
+        (grads, loss_state), (losses_k, metrics_k) = jax.lax.scan(accumulate, (zeros, loss_state), (micro, weights))
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        return ((weights * losses_k).sum(), (combine_micro_metrics(metrics_k, weights), loss_state)), grads
 
     def step(self, state: State, ref_params: Any, batch: dict) -> tuple[State, dict]:
         tx, lr = self.setup.tx, self.setup.lr_schedule
@@ -305,8 +328,9 @@ class TrainStep:
                                                               state["loss_state"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        finite = jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]).all()
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr(state["step"]),
-                   "batch_tokens": batch["mask"].sum()}
+                   "batch_tokens": batch["mask"].sum(), "params_finite": finite.astype(jnp.float32)}
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": rng,
                 "loss_state": loss_state}, metrics
@@ -383,7 +407,8 @@ def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.nd
             return dict(cached)
     bs = config.train.batch_size
     fn = jax.jit(lambda p, t, m: models.sequence_token_logprobs(setup.model_def, p, t, m,
-                                                                chunk_size=config.train.logprob_chunk))
+                                                                chunk_size=config.train.logprob_chunk),
+                 out_shardings=NamedSharding(setup.mesh, PartitionSpec()))  # every host gets every row
     out = {}
     kto = any(o.name == "kto" for o, _ in losses.terms(config.loss))
     for prefix in ("", "kl_") if kto else ("",):
@@ -426,14 +451,14 @@ def synthetic_config(config: ConfigDict):
     return synthetic.SyntheticConfig(**kwargs)
 
 
-def data_position(config: ConfigDict, arrays: dict[str, np.ndarray], step: int) -> dict[str, Any]:
-    """What the checkpoint records of the data: the next batch is `batch_indices(num_rows, step,
-    batch_size, seed)` of the rows whose fingerprint this is."""
+def data_position(config: ConfigDict, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """What a checkpoint records of the data (with the step it was saved at): the next batch is
+    `batch_indices(num_rows, step, batch_size, seed)` of the encoded rows whose fingerprint this is."""
     digest = hashlib.sha256()
     for key in sorted(arrays):
         digest.update(key.encode())
         digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return {"step": int(step), "seed": int(config.seed), "batch_size": int(config.train.batch_size),
+    return {"seed": int(config.seed), "batch_size": int(config.train.batch_size),
             "num_rows": int(len(arrays["tokens"])), "fingerprint": digest.hexdigest()[:24]}
 
 
@@ -460,51 +485,62 @@ def run(config: ConfigDict) -> dict[str, Any]:
     mesh = sharding.make_mesh(config.mesh.shape)
     rules = sharding.config_rules(config.sharding)
     log.info("phase=%s mesh=%s preset=%s workdir=%s", config.phase, dict(mesh.shape), config.sharding.preset, workdir)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
-        setup = make_setup(config, mesh)
-        validate_for_mesh(config, mesh)
-        task, arrays = load_data(config)
-        ckpts = checkpoint.PhaseCheckpoints(workdir, keep=config.train.keep_checkpoints,
-                                            keep_every=config.train.keep_every,
-                                            async_save=config.train.async_checkpoint)
-        needs_reference = losses.needs_reference(config.loss)
-        has_own = ckpts.latest_step() is not None
-        if config.init_from and (needs_reference or not has_own):
-            checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg))
-        checkpoint.pin_parent(workdir, config.init_from, resuming=has_own)
-        state, saved_position, source = checkpoint.resume(
-            ckpts, config.init_from, setup.abstract_state, fresh=lambda: setup.init_state(config.seed),
-            with_params=setup.state_around)
-        if saved_position is not None:
-            check_data_position(saved_position, data_position(config, arrays, saved_position["step"]),
-                                str(ckpts.directory))
-        ref_params = None
-        if needs_reference:
-            if config.init_from:
-                ref_params = checkpoint.load_params(config.init_from, setup.abstract_state["params"])
-                log.info("reference: frozen parent export %s", config.init_from)
-            else:
-                ref_params = jax.tree.map(jnp.copy, state["params"]) if source == "fresh" else \
-                    setup.init_state(config.seed)["params"]
-                log.warning("reference: no init_from; using the fresh initial params as the reference")
-            if config.data.precompute_ref:
-                arrays = {**arrays, **precomputed_reference(setup, ref_params, arrays)}
-                ref_params = None  # the step reads `ref_logps` from the batch: no reference forward
-        history = train_loop(setup, state, ref_params, arrays, ckpts, workdir, source)
-    return history
+    preemption = distributed.PreemptionWatch()  # from here on, SIGTERM means: save at the next step, stop
+    try:
+        with jax.set_mesh(mesh), sharding.use_rules(rules):
+            return _run_phase(config, mesh, workdir, preemption)
+    finally:
+        preemption.close()
+
+
+def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
+               preemption: distributed.PreemptionWatch) -> dict[str, Any]:
+    """`run` inside the mesh and rules: data, checkpoints and resume, the reference, the loop."""
+    setup = make_setup(config, mesh)
+    validate_for_mesh(config, mesh)
+    task, arrays = load_data(config)
+    ckpts = checkpoint.PhaseCheckpoints(workdir, keep=config.train.keep_checkpoints,
+                                        keep_every=config.train.keep_every,
+                                        async_save=config.train.async_checkpoint)
+    needs_reference = losses.needs_reference(config.loss)
+    has_own = ckpts.latest_step() is not None
+    if config.init_from and (needs_reference or not has_own):
+        checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg))
+    checkpoint.pin_parent(workdir, config.init_from, resuming=has_own)
+    state, saved_position, source = checkpoint.resume(
+        ckpts, config.init_from, setup.abstract_state, fresh=lambda: setup.init_state(config.seed),
+        with_params=setup.state_around)
+    position = data_position(config, arrays)  # of the encoded rows, before any reference columns
+    if saved_position is not None:
+        check_data_position(saved_position, position, str(ckpts.directory))
+    ref_params = None
+    if needs_reference:
+        if config.init_from:
+            ref_params = checkpoint.load_params(config.init_from, setup.abstract_state["params"])
+            log.info("reference: frozen parent export %s", config.init_from)
+        else:
+            ref_params = jax.tree.map(jnp.copy, state["params"]) if source == "fresh" else \
+                setup.init_state(config.seed)["params"]
+            log.warning("reference: no init_from; using the fresh initial params as the reference")
+        if config.data.precompute_ref:
+            arrays = {**arrays, **precomputed_reference(setup, ref_params, arrays)}
+            ref_params = None  # the step reads `ref_logps` from the batch: no reference forward
+    return train_loop(setup, state, ref_params, arrays, ckpts, workdir, source, position, preemption)
 
 
 def first_nonfinite(fetched: list[tuple[int, dict[str, float]]]) -> tuple[int, list[str]] | None:
-    """(step, names) of the first step whose loss or gradient norm is not finite, with every other
-    non-finite metric of that step named too."""
+    """(step, names) of the first step whose loss, gradient norm or updated params are not finite,
+    with every other non-finite metric of that step named too."""
     for step, metrics in fetched:
-        if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
-            return step, sorted(k for k, v in metrics.items() if not np.isfinite(v))
+        if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"]) and metrics["params_finite"]):
+            names = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+            return step, names + ([] if metrics["params_finite"] else ["params (after the update)"])
     return None
 
 
 def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np.ndarray],
-               ckpts: checkpoint.PhaseCheckpoints, workdir: Path, source: str) -> dict:
+               ckpts: checkpoint.PhaseCheckpoints, workdir: Path, source: str, position: dict[str, Any],
+               preemption: distributed.PreemptionWatch) -> dict:
     """Steps from the state's own step to `train.steps`; each host feeds only its rows of each batch.
 
     Metrics stay on the device until a log, save or preemption step, when every step's since the
@@ -529,7 +565,6 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
 
         progress = tqdm(total=tc.steps, initial=start, desc=config.phase, dynamic_ncols=True,
                         disable=None)  # None: shown on a terminal, silent in logs
-    preemption = distributed.PreemptionWatch()
     pending: list[tuple[int, dict]] = []
     tokens, t0, preempted = 0, time.perf_counter(), False
     try:
@@ -568,11 +603,10 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
             if progress is not None:
                 progress.update(1)
             if (save_now or preempted) and done != tc.steps:
-                ckpts.save(done, state, data_position(config, arrays, done), force=preempted)
+                ckpts.save(done, state, {**position, "step": done}, force=preempted)
             if preempted:
                 break
     finally:
-        preemption.close()
         if progress is not None:
             progress.close()
         writer.close()
@@ -584,7 +618,7 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
                     "resume", int(jax.device_get(state["step"])), ckpts.directory)
         return summary
     if ckpts.latest_step() != tc.steps:
-        ckpts.save(tc.steps, state, data_position(config, arrays, tc.steps), force=True)
+        ckpts.save(tc.steps, state, {**position, "step": tc.steps}, force=True)
     ckpts.close()
     export_dir = workdir / "export"
     existing = checkpoint.export_metadata(export_dir)

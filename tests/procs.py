@@ -28,9 +28,9 @@ def train_command(config: str, flags: list[str]) -> list[str]:
     return [sys.executable, "-m", "pjax.train", f"--config={ROOT / 'configs' / config}", *flags]
 
 
-def spawn(cmd: list[str], log: Path) -> subprocess.Popen:
-    """Start `cmd` in the repo root (JAX/XLA settings inherited), output to `log`."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `cmd` in the repo root (JAX/XLA settings inherited, plus `env`), output to `log`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     out = open(log, "w")  # noqa: SIM115 - closed with the process by the caller's wait
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 

@@ -62,17 +62,24 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     state, data, source = checkpoint.resume(ckpts, "", abstract, fresh=None, with_params=None)
     assert source == "checkpoint:1" and data == {"step": 1}
     np.testing.assert_array_equal(np.asarray(state["params"]["a"]), np.asarray(_tree(1)["a"]))
-    assert "cannot restore checkpoint" in caplog.text and "trying the previous checkpoint (step 1)" in caplog.text
+    assert "cannot restore checkpoint" in caplog.text
+    assert "corrupt-2, resuming from the previous checkpoint (step 1)" in caplog.text
     assert (tmp_path / "checkpoints" / "corrupt-2").is_dir()  # moved aside, not deleted
     assert ckpts.all_steps() == [1]
     ckpts.save(2, {"step": jnp.int32(2), "params": _tree(2)}, {"step": 2})  # the step can be written again
     ckpts.close()
-    # a single checkpoint that does not read back is an error naming it, not a silent fresh start
+    # a changed config is not damage: an error naming the difference, nothing moved
+    changed = _abstract({"step": jnp.int32(0), "params": {"a": jnp.zeros((4, 5)), "b": {"c": jnp.zeros(5)}}})
+    ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=3, async_save=False)
+    with pytest.raises(ValueError, match=r"holds a different train state .*\['a'\]: shape \(4, 3\) saved vs \(4, 5\)"):
+        checkpoint.resume(ckpts, "", changed, fresh=None, with_params=None)
+    assert ckpts.all_steps() == [1, 2]
+    # no checkpoint reads back: an error naming the newest, not a silent fresh start, and nothing moved
     _damage(tmp_path / "checkpoints" / "1")
     _damage(tmp_path / "checkpoints" / "2")
-    ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=3, async_save=False)
-    with pytest.raises(checkpoint.CorruptCheckpoint, match="cannot restore checkpoint .*checkpoints/1"):
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="cannot restore checkpoint .*checkpoints/2"):
         checkpoint.resume(ckpts, "", abstract, fresh=None, with_params=None)
+    assert ckpts.all_steps() == [1, 2]
 
 
 def test_missing_and_corrupt_exports_are_named(tmp_path):

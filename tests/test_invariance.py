@@ -5,7 +5,8 @@ For SFT, the reward model (RM) and DPO, one batch's loss and gradients are compa
 * k micro-batches of b rows (`train.grad_accum=k`) against one batch of k*b rows: rtol 1e-5;
 * remat `full` with `lax.scan`, and no remat with unrolled layers, against no remat with `lax.scan`:
   rtol 1e-5 (every remat policy is compared at the model level in tests/models);
-* 8 CPU devices (mesh (2, 2, 2)) under each parallelism preset against 1 device: rtol 1e-4 (the
+* 8 CPU devices (mesh (2, 2, 2)) under each parallelism preset (and fsdp_tp with 2 micro-batches)
+  against 1 device: rtol 1e-4 (the
   8-device programs sum in a different order; gradients of float32 parameters near zero get atol 1e-6).
 """
 
@@ -131,6 +132,9 @@ def _eight_device_results(cache_dir: str, out: Path) -> None:
             config.sharding.preset = preset
             loss, grads = loss_and_grads(config, (2, 2, 2))
             results[f"{phase}/{preset}"] = {"loss": loss, "grads": {k: v.tolist() for k, v in grads.items()}}
+        config = _config(phase, cache_dir, train__grad_accum=2)  # micro-batches split over the devices too
+        loss, grads = loss_and_grads(config, (2, 2, 2))
+        results[f"{phase}/fsdp_tp+grad_accum=2"] = {"loss": loss, "grads": {k: v.tolist() for k, v in grads.items()}}
     out.write_text(json.dumps(results))
 
 
@@ -139,10 +143,11 @@ def test_eight_devices_equal_one_under_every_preset(cache_dir, eight_device_job)
     _, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-4000:]
     eight = json.loads(out.read_text())
-    assert sorted(eight) == sorted(f"{p}/{s}" for p in PHASES for s in PRESETS)
+    variants = PRESETS + ["fsdp_tp+grad_accum=2"]
+    assert sorted(eight) == sorted(f"{p}/{s}" for p in PHASES for s in variants)
     for phase in PHASES:
         one = loss_and_grads(_config(phase, cache_dir))
-        for preset in PRESETS:
+        for preset in variants:
             r = eight[f"{phase}/{preset}"]
             _assert_same((r["loss"], {k: np.asarray(v, np.float32) for k, v in r["grads"].items()}), one,
                          rtol=1e-4, atol=1e-6, what=f"{phase} preset={preset} on 8 devices")

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.procs import losses, multi_process, run, tiny_flags, train_command, wait_all, wait_for_step
+from tests.procs import (free_port, losses, multi_process, run, spawn, tiny_flags, train_command, wait_all,
+                         wait_for_step)
 
 
 def test_two_processes_match_one_process_for_sft_and_dpo(tmp_path):
@@ -20,13 +21,15 @@ def test_two_processes_match_one_process_for_sft_and_dpo(tmp_path):
         parent = {} if phase == "sft" else {"init_from": tmp_path / "one_sft" / "export"}
         run(train_command(config, tiny_flags(one, cache, steps, distributed__cpu_devices=8, **parent)),
             tmp_path / f"one_{phase}.log")
-        parent = {} if phase == "sft" else {"init_from": tmp_path / "two_sft" / "export"}
+        # the two-process DPO reads precomputed reference log-probs (one pass, gathered on every host);
+        # the one-process DPO runs the reference forward in the step: both must give the same losses
+        parent = {} if phase == "sft" else {"init_from": tmp_path / "two_sft" / "export", "data__precompute_ref": True}
         logs = [tmp_path / f"two_{phase}_{i}.log" for i in range(2)]
         wait_all(multi_process(config, tiny_flags(two, cache, steps, **parent), logs, 4), logs)
         expected, got = losses(one), losses(two)
         assert sorted(got) == list(range(1, steps + 1)) == sorted(expected)
         np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)],
-                                   rtol=2e-6, atol=0)
+                                   rtol=2e-6, atol=1e-6)
         assert (two / "export" / "pjax.json").exists()
         leader, other = (log.read_text() for log in logs)
         assert "INFO [0] pjax: exported params" in leader  # multi-process lines carry the process index
@@ -55,7 +58,7 @@ def test_a_dead_peer_ends_the_other_process(tmp_path, victim):
     print(f"survivor (process {1 - victim}) exited {code} {elapsed:.1f} s after the kill")
     assert code != 0, text[-3000:]
     assert elapsed < 60, f"took {elapsed:.0f} s"
-    assert "another task died" in text or "peer" in text.lower(), text[-3000:]
+    assert "detected fatal errors. This most likely indicates that another task died" in text, text[-3000:]
 
 
 def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path):
@@ -79,3 +82,12 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path):
     assert f"preempted (SIGTERM) at step {stopped}" in logs[1].read_text()
     assert '"preempted": true' in logs[0].read_text()
     assert not (workdir / "export").exists()
+
+
+def test_coordinator_from_the_environment(tmp_path):
+    """JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, as a cluster launcher sets them."""
+    env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
+    log = tmp_path / "env.log"
+    proc = spawn(train_command("sft_tiny.py", tiny_flags(tmp_path / "run", tmp_path / "cache", 1)), log, env)
+    assert proc.wait(180) == 0, log.read_text()[-3000:]
+    assert "distributed (env): process 0 of 1" in log.read_text()

@@ -198,6 +198,10 @@ def test_precomputed_reference_gives_the_same_losses(tiny_configs, caplog):
     dpo.workdir = dpo.workdir + "_again"
     train.run(dpo)
     assert "reference: precomputed log-probs from" in caplog.text
+    # and resumes: the checkpoint's data position is of the rows, not of the added reference columns
+    dpo.train.steps += 2
+    out = train.run(dpo)
+    assert out["source"] == f"checkpoint:{dpo.train.steps - 2}" and len(out["history"]) == 2
 
 
 def test_training_from_a_jsonl_file(tiny_configs, tmp_path):
