@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("pjax")
@@ -147,7 +148,6 @@ def _everywhere(ok: bool) -> bool:
     """`ok` on every process (a collective when there are several)."""
     if jax.process_count() == 1:
         return ok
-    import numpy as np
     from jax.experimental import multihost_utils
 
     return bool(np.all(multihost_utils.process_allgather(np.array(ok))))

@@ -145,13 +145,6 @@ def per_device_bytes(tree: Any, devices: Sequence) -> dict[int, int]:
     return totals
 
 
-def _rules(config) -> Any:
-    """The rules table, as `pjax.train.run` uses it (the preset's table with the config's overrides)."""
-    from pjax import sharding
-
-    return sharding.config_rules(config.sharding)
-
-
 def _compile_batch(config, seq_len: int) -> tuple[dict[str, np.ndarray], int, int]:
     from pjax.data.shapes import random_batch
     from pjax import losses
@@ -206,7 +199,7 @@ def plan_memory(config, mesh_shape: Sequence[int], devices: Sequence, *, seq_len
     mesh = sharding.make_mesh(mesh_shape, devices)
     needs_reference = losses.needs_reference(config.loss)
     reference_in_step = needs_reference and not config.data.precompute_ref
-    with jax.set_mesh(mesh), sharding.use_rules(_rules(config)):
+    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
         try:
             train.validate_for_mesh(config, mesh)
         except ValueError as e:

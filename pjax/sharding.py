@@ -59,6 +59,11 @@ def rules_dict(rules: Rules) -> dict[str, Any]:
     return out
 
 
+def target_axes(target: Any) -> tuple[str, ...]:
+    """The mesh axes of one rule's target: None, an axis name, or a tuple of them."""
+    return () if target is None else (target,) if isinstance(target, str) else tuple(target)
+
+
 def config_rules(sharding_config: Any) -> tuple[tuple[str, Any], ...]:
     """The rules table of a config's `sharding` section: `presets[preset]`, with the entries named in
     `rules` replaced (or added)."""
@@ -74,7 +79,7 @@ def config_rules(sharding_config: Any) -> tuple[tuple[str, Any], ...]:
     if unknown:
         raise ValueError(f"sharding.rules: unknown logical axes {unknown}; known: {sorted(table)}")
     for name, target in overrides.items():
-        for axis in (target,) if isinstance(target, str) else target or ():
+        for axis in target_axes(target):
             if axis not in MESH_AXES:
                 raise ValueError(f"sharding.rules: {name!r} -> {axis!r} is not a mesh axis {MESH_AXES}")
     return tuple({**table, **overrides}.items())
@@ -106,8 +111,7 @@ def logical_to_mesh(axes: Sequence[str | None], rules: dict[str, Any],
         if axis not in rules:
             raise ValueError(f"{name}: logical axis {axis!r} has no entry in sharding.rules")
         target = rules[axis]
-        targets = () if target is None else (target,) if isinstance(target, str) else tuple(target)
-        targets = tuple(t for t in targets if t not in used)  # a mesh axis may shard one dim only
+        targets = tuple(t for t in target_axes(target) if t not in used)  # a mesh axis may shard one dim only
         used.update(targets)
         if shape is not None and mesh_shape is not None and targets:
             size = math.prod(mesh_shape[t] for t in targets)

@@ -68,15 +68,14 @@ def validate(config: ConfigDict) -> None:
     if config.phase not in PHASES:
         raise ValueError(f"phase={config.phase!r}: expected one of {sorted(PHASES)}")
     kind = losses.data_kind(config.loss)  # also checks the names and weights
+    chosen = f"loss.names={tuple(config.loss.names)}" if config.loss.names else f"loss.name={config.loss.name!r}"
     if losses.trains(config.loss) != TRAINS[config.phase]:
-        chosen = f"loss.names={tuple(config.loss.names)}" if config.loss.names else f"loss.name={config.loss.name!r}"
         raise ValueError(f"{chosen} trains a {losses.trains(config.loss)} model; phase={config.phase!r} "
                          f"needs {TRAINS[config.phase]} objectives")
     head = "scalar" if config.phase == "rm" else "lm"
     if config.model.head != head:
         raise ValueError(f"model.head={config.model.head!r}: phase={config.phase!r} needs model.head={head!r}")
     if kind not in PHASES[config.phase]:
-        chosen = f"loss.names={tuple(config.loss.names)}" if config.loss.names else f"loss.name={config.loss.name!r}"
         raise ValueError(f"{chosen} (data shape {kind}) does not fit "
                          f"phase={config.phase!r} (data shapes {PHASES[config.phase]})")
     for key in ("steps", "batch_size", "log_every", "save_every", "logprob_chunk", "keep_checkpoints", "grad_accum"):
@@ -110,12 +109,8 @@ def validate_for_mesh(config: ConfigDict, mesh: jax.sharding.Mesh | jax.sharding
     """Checks that need the mesh: the batch splits over the data axes (and micro-batches), the
     sequence over a sequence-parallel axis (parameters are checked when their shardings are built)."""
     rules = sharding.rules_dict(sharding.config_rules(config.sharding))
-    target = rules.get("batch")
-    axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
-    dp = math.prod(mesh.shape[a] for a in axes)
-    seq_target = rules.get("act_seq")
-    seq_axes = () if seq_target is None else (seq_target,) if isinstance(seq_target, str) else tuple(seq_target)
-    sp = math.prod(mesh.shape[a] for a in seq_axes)
+    axes, seq_axes = sharding.target_axes(rules.get("batch")), sharding.target_axes(rules.get("act_seq"))
+    dp, sp = math.prod(mesh.shape[a] for a in axes), math.prod(mesh.shape[a] for a in seq_axes)
     if config.data.max_len % sp:
         raise ValueError(f"data.max_len={config.data.max_len} is not divisible by the sequence-parallel size {sp} "
                          f"(mesh axes {seq_axes} of sharding.preset={config.sharding.preset!r})")

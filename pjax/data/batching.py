@@ -16,6 +16,7 @@ Conventions relied on by the train step:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -134,10 +135,18 @@ def batch_indices(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
     epochs = g // n
     idx = np.empty(batch_size, np.int64)
     for epoch in np.unique(epochs):
-        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
+        perm = _epoch_permutation(n, seed, int(epoch))
         sel = epochs == epoch
         idx[sel] = perm[g[sel] % n]
     return idx
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The row order of one epoch, drawn once per epoch rather than at every step (read-only)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    perm.flags.writeable = False
+    return perm
 
 
 def num_rows(arrays: dict[str, np.ndarray]) -> int:

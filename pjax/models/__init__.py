@@ -53,6 +53,18 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
 
 
+def _forward(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array):
+    """(model, tokens `[N, T]`, final hidden states `[N, T, D]`) of `tokens`, `mask` `[..., T]`, the
+    leading dims flattened. All T positions go through the model (the last one's output is unused
+    by the log-probs): a power-of-two T keeps the sequence divisible by a sequence-parallel mesh axis,
+    and causal attention leaves the other positions as they would be without it."""
+    T = tokens.shape[-1]
+    tok, msk = tokens.reshape(-1, T), mask.reshape(-1, T)
+    model = model_def.module(params)
+    hidden, _ = model(tok, positions_from_mask(msk), msk)
+    return model, tok, hidden
+
+
 def sequence_token_logprobs(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array, *,
                             chunk_size: int = 128, temperature: float = 1.0,
                             with_log_sum_p2: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
@@ -61,17 +73,10 @@ def sequence_token_logprobs(model_def: ModelDef, params: Params, tokens: jax.Arr
     `tokens`, `mask`: `[..., T]`; any leading shape (e.g. `[B, 2, T]` preference pairs) is kept. With
     `with_log_sum_p2`, also `log sum_v p(v)^2` per position (see `token_logprobs`).
     """
-    lead, T = tokens.shape[:-1], tokens.shape[-1]
-    tok = tokens.reshape(-1, T)
-    msk = mask.reshape(-1, T)
-    model = model_def.module(params)
-    # All T positions go through the model (the last one's output is unused): a power-of-two T keeps
-    # the sequence divisible by a sequence-parallel mesh axis. Causal attention leaves the others as
-    # they would be without it.
-    hidden, _ = model(tok, positions_from_mask(msk), msk)
+    model, tok, hidden = _forward(model_def, params, tokens, mask)
     out = token_logprobs(hidden[:, :-1], model.head_kernel(), tok[:, 1:], chunk_size=chunk_size,
                          temperature=temperature, with_log_sum_p2=with_log_sum_p2)
-    return jax.tree.map(lambda x: x.reshape(*lead, T - 1), out)
+    return jax.tree.map(lambda x: x.reshape(*tokens.shape[:-1], tokens.shape[-1] - 1), out)
 
 
 def last_token_index(mask: jax.Array) -> jax.Array:
@@ -83,13 +88,11 @@ def last_token_index(mask: jax.Array) -> jax.Array:
 def sequence_rewards(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """Scalar-head outputs (`model.head='scalar'`) read at the last real token: `[...]` float32 for
     `tokens`, `mask` `[..., T]` (e.g. `[B, 2]` rewards of preference pairs)."""
-    lead, T = tokens.shape[:-1], tokens.shape[-1]
-    tok, msk = tokens.reshape(-1, T), mask.reshape(-1, T)
-    model = model_def.module(params)
-    hidden, _ = model(tok, positions_from_mask(msk), msk)
-    last = jnp.take_along_axis(hidden, last_token_index(msk)[:, None, None], axis=1)[:, 0]
+    model, _, hidden = _forward(model_def, params, tokens, mask)
+    last_index = last_token_index(mask.reshape(-1, mask.shape[-1]))
+    last = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)[:, 0]
     rewards = last.astype(jnp.float32) @ model.score[...].astype(jnp.float32)
-    return rewards.reshape(lead)
+    return rewards.reshape(tokens.shape[:-1])
 
 
 __all__ = ["Llama", "LlamaConfig", "ModelDef", "build", "init_cache", "positions_from_mask", "preset",
