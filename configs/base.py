@@ -54,12 +54,25 @@ def get_config() -> ConfigDict:
     c.seed = 0
     c.workdir = "runs/default"  # this phase's directory: checkpoints/, export/, metrics.jsonl, tb/
     c.init_from = ""  # a parent phase's params-only export directory ("" = none)
+    c.import_from = ""  # else a Hugging Face checkpoint directory or a .gguf file to start from ("" = none)
 
     c.model = model_config("tiny")
 
     c.data = ConfigDict(dict(
         task="synthetic",
-        path="",  # JSONL training records (pjax.data.records); "" = the synthetic task's
+        # Training records: a JSONL file (plain or .gz), a Parquet file, a Hugging Face `datasets`
+        # directory (save_to_disk), "tfds:<name>" (array_record) or "hf:<hub name>" (online), in any
+        # TRL dataset format (pjax.data.formats); "" = the synthetic task's records
+        path="",
+        split="train",  # of a `datasets` directory, a TFDS dataset or a hub dataset
+        format="auto",  # auto (TRL formats per row; HH transcripts as conversations) | hh (require HH) | trl (HH as text)
+        tokenizer="",  # a SentencePiece .model, a tokenizer.json (or its directory) or a .gguf; "" = synthetic
+        chat_template="",  # conversational rows: "" = the tokenizer's own; chatml | llama2 | llama3 | zephyr; or Jinja
+        bad_rows="fail",  # malformed rows: fail (the run stops, naming them) | skip (counted and reported)
+        max_prompt_tokens=0,  # > 0: rows with a longer prompt are bad rows; 0: prompts are cut from the left to fit
+        num_heldout=0,  # rows of data.path held out (seeded) for held-out figures at the start and the end
+        packing=False,  # SFT: pack several sequences per row (per-document attention and positions)
+        tfds_data_dir="",  # data_dir of "tfds:" datasets ("" = TFDS's default)
         list_size=4,  # synthetic LIST records: completions per prompt
         precompute_ref=False,  # one reference pass before training, cached next to the data
         seed=0,
@@ -72,7 +85,7 @@ def get_config() -> ConfigDict:
         sp_vocab_size=512,
         max_len=48,  # prompt + completion tokens per sequence (the completion is kept on truncation)
         max_prompt_len=16,  # generation prompts
-        cache_dir="",  # "" = $PJAX_CACHE or ~/.cache/pjax/synthetic
+        cache_dir="",  # synthetic task and encoded-data cache; "" = $PJAX_CACHE or ~/.cache/pjax/synthetic
     ))
 
     c.loss = ConfigDict(dict(

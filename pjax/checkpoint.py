@@ -241,10 +241,12 @@ def _norm(v: Any) -> Any:
 
 
 def resume(ckpts: PhaseCheckpoints, init_from: str, abstract_state: dict[str, Any],
-           fresh: Callable[[], dict[str, Any]], with_params: Callable[[Any], dict[str, Any]]
+           fresh: Callable[[], dict[str, Any]], with_params: Callable[[Any], dict[str, Any]],
+           import_from: str = "", imported: Callable[[], Any] | None = None
            ) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
-    """Resume order: own checkpoint (the newest readable one), then the parent export, then fresh
-    init. Returns (state, data position or None, source) and says which in the log.
+    """Resume order: own checkpoint (the newest readable one), then the parent export, then an imported
+    Hugging Face / GGUF checkpoint (`imported()` loads `import_from`), then fresh init. Returns (state,
+    data position or None, source) and says which in the log.
 
     `fresh()` builds a new sharded state; `with_params(params)` builds one around loaded params.
     """
@@ -257,5 +259,8 @@ def resume(ckpts: PhaseCheckpoints, init_from: str, abstract_state: dict[str, An
         log.info("resume: no own checkpoint; initialising from parent export %s", init_from)
         params = load_params(init_from, abstract_state["params"])
         return with_params(params), None, f"export:{init_from}"
+    if import_from and imported is not None:
+        log.info("resume: no own checkpoint and no parent export; importing %s", import_from)
+        return with_params(imported()), None, f"import:{import_from}"
     log.info("resume: no own checkpoint and no parent export; fresh initialisation")
     return fresh(), None, "fresh"

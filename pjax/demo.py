@@ -37,7 +37,7 @@ def phase_configs(workdir: Path, overrides: dict | None = None):
 
 def evaluate(dpo_config, *, seed: int = 1234) -> dict:
     """Compare the DPO export with its SFT parent on the held-out split."""
-    task, _ = train.load_data(dpo_config)
+    task = train.load_data(dpo_config).task
     model_def = models.build(train.model_config(dpo_config))
     mesh = sharding.make_mesh(dpo_config.mesh.shape)
     with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(dpo_config.sharding)):

@@ -93,13 +93,26 @@ def validate(config: ConfigDict) -> None:
     sharding.config_rules(config.sharding)  # raises with the key named
     if config.optim.warmup_steps < 0:
         raise ValueError(f"optim.warmup_steps={config.optim.warmup_steps} must be >= 0")
-    for key in ("workdir", "init_from"):
+    for key in ("workdir", "init_from", "import_from"):
         if "://" in str(config[key]):
             raise ValueError(f"{key}={config[key]!r}: object-store URLs are not supported (pjax appends to files, "
                              "renames them atomically, and multi-host checkpoints need one filesystem every host "
                              "sees); mount the bucket (e.g. gcsfuse, see tpu/README.md) and pass the mounted path")
     if config.data.task != "synthetic":
-        raise ValueError(f"data.task={config.data.task!r}: only 'synthetic' is built in so far")
+        raise ValueError(f"data.task={config.data.task!r}: only 'synthetic' is built in (real data: data.path)")
+    if config.data.bad_rows not in ("fail", "skip"):
+        raise ValueError(f"data.bad_rows={config.data.bad_rows!r}: expected 'fail' or 'skip'")
+    for key in ("num_heldout", "max_prompt_tokens"):
+        if config.data[key] < 0:
+            raise ValueError(f"data.{key}={config.data[key]} must be >= 0")
+    if config.data.packing and kind != "SEQ":
+        raise ValueError(f"data.packing=True packs SFT sequences; {chosen} trains on data shape {kind}")
+    if config.data.path and not config.data.tokenizer and config.data.chat_template:
+        raise ValueError("data.chat_template is set but data.tokenizer is not: name the tokenizer the template is for")
+    for key, value in (("import_from", config.import_from), ("data.tokenizer", config.data.tokenizer),
+                       ("data.path", config.data.path)):
+        if value and not value.startswith(("tfds:", "hf:")) and not Path(value).expanduser().exists():
+            raise FileNotFoundError(f"{key}={value!r}: no such file or directory")
     cfg = model_config(config)  # raises with the key named
     if config.data.max_len > cfg.max_seq_len:
         raise ValueError(f"data.max_len={config.data.max_len} exceeds model.max_seq_len={cfg.max_seq_len}")
@@ -214,9 +227,10 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
     weighting = bool(cfg.use_weighting) or "wpo" in names
     kto = "kto" in names
 
-    def logps(params, tokens, mask, with_log_sum_p2=False):
+    def logps(params, tokens, mask, with_log_sum_p2=False, batch=None):
+        packed = {} if batch is None else {k: batch[k] for k in ("positions", "segment_ids") if k in batch}
         return models.sequence_token_logprobs(model_def, params, tokens, mask, chunk_size=chunk,
-                                              with_log_sum_p2=with_log_sum_p2)
+                                              with_log_sum_p2=with_log_sum_p2, **packed)
 
     def reference(ref_params, batch, prefix=""):
         if f"{prefix}ref_logps" in batch:
@@ -233,7 +247,7 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
         return reward_loss_fn
 
     def loss_fn(params, ref_params, batch, loss_state):
-        out = logps(params, batch["tokens"], batch["mask"], with_log_sum_p2=weighting)
+        out = logps(params, batch["tokens"], batch["mask"], with_log_sum_p2=weighting, batch=batch)
         policy, log_sum_p2 = out if weighting else (out, None)
         extra = {}
         if kto:  # KTO's z0 from mismatched rows: detached, so no gradient flows through this forward
@@ -348,45 +362,138 @@ class TrainStep:
         return self.jitted(ref_params, batch)(state, ref_params, batch)
 
 
-def load_data(config: ConfigDict):
-    """The synthetic task (tokenizer, gold reward, held-out split) and this phase's training arrays.
+@dataclasses.dataclass
+class Data:
+    """A phase's data: the tokenizer, the encoded training rows (memory-mapped when read from a file),
+    the held-out rows (`data.num_heldout`), what identifies them, and the bad rows left out."""
 
-    Training records come from `data.path` (JSONL, see `pjax.data.records`) when set, else from the
-    synthetic task, in the data shape the configured objectives need.
+    tokenizer: Any
+    arrays: dict[str, np.ndarray]
+    heldout: dict[str, np.ndarray] | None
+    fingerprint: str
+    bad_rows: dict[str, Any] | None = None
+    task: Any = None  # the synthetic task (gold reward, held-out prompts), when training on it
+
+
+def load_data(config: ConfigDict) -> Data:
+    """This phase's training rows in the data shape the configured objectives need.
+
+    From `data.path` (any source of `pjax.data.sources`, any TRL format, tokenised with
+    `data.tokenizer` and, for conversations, `data.chat_template`) when set, else from the synthetic
+    task. File data is encoded once into a cache of memory-mapped arrays (`data.cache_dir`), keyed by
+    the source, the tokenizer and every encoding option; each host then reads only its own rows.
     """
-    from pjax.data import records, synthetic
+    from pjax.data import pipeline, synthetic
 
-    task = synthetic.build_task(synthetic_config(config))
-    vocab = model_config(config).vocab_size
-    if task.tokenizer.vocab_size > vocab:
-        raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's "
-                         f"{task.tokenizer.vocab_size}")
+    d = config.data
     kind = losses.data_kind(config.loss)
-    if config.data.path:
-        rows = records.read_jsonl(config.data.path, kind)
-    elif kind == "SEQ":
-        rows = [{"prompt": p, "completion": c} for p, c in task.sft]
-    else:
-        rows = synthetic.preference_records(synthetic_config(config), kind, list_size=config.data.list_size)
-    return task, records.encode(task.tokenizer, rows, kind, config.data.max_len)
+    task = synthetic.build_task(synthetic_config(config)) if not (d.path and d.tokenizer) else None
+    tok = load_tokenizer(config) if d.tokenizer else task.tokenizer
+    vocab = model_config(config).vocab_size
+    if tok.vocab_size > vocab:
+        raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tok.vocab_size} "
+                         f"(data.tokenizer={d.tokenizer or 'the synthetic task'!r})")
+    if not d.path:
+        if kind == "SEQ":
+            rows = [{"prompt": p, "completion": c} for p, c in task.sft]
+        else:
+            rows = synthetic.preference_records(synthetic_config(config), kind, list_size=d.list_size)
+        arrays, heldout = _encode_split(config, tok, rows, list(range(len(rows))), kind, None), None
+        if d.packing:
+            arrays = pipeline.pack_sequences(arrays, config.seed)
+        return Data(tok, arrays, heldout, _hash_arrays(arrays), None, task)
+    key = pipeline.fingerprint("v1", source_identity(d.path), d.split, d.format, kind, d.max_len, d.max_prompt_tokens,
+                               d.num_heldout, d.bad_rows, d.packing, config.seed, tokenizer_identity(config),
+                               d.chat_template)
+    def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        from pjax.data import sources
+
+        rows, bad = sources.load_records(d.path, kind, split=d.split, bad_rows=d.bad_rows,
+                                         data_dir=d.tfds_data_dir or None, format=d.format)
+        numbers = list(bad.record_rows)  # the source row (line) each record came from
+        found_on_reading = bad.total
+        order = np.random.default_rng(config.seed).permutation(len(rows))
+        if d.num_heldout >= len(rows):
+            raise ValueError(f"data.num_heldout={d.num_heldout} leaves no training rows of the {len(rows)} in "
+                             f"{d.path}")
+        held, train_idx = sorted(order[:d.num_heldout]), sorted(order[d.num_heldout:])
+        arrays = _encode_split(config, tok, [rows[i] for i in train_idx], [numbers[i] for i in train_idx], kind,
+                               bad)
+        if d.packing:
+            arrays = pipeline.pack_sequences(arrays, config.seed)
+        if held:
+            arrays.update({f"heldout.{k}": v for k, v in _encode_split(
+                config, tok, [rows[i] for i in held], [numbers[i] for i in held], kind, bad).items()})
+        if bad.total > found_on_reading:  # rows bad only once tokenised: fail raises, skip logs the report
+            bad.check(d.bad_rows)
+        return arrays, {"bad_rows": bad.to_dict() if bad.total else None}
+
+    cache = Path(d.cache_dir or synthetic_config(config).cache_dir).expanduser() / "encoded"
+    stored, meta = pipeline.encoded_cache(cache, key, build)
+    arrays = {k: v for k, v in stored.items() if not k.startswith("heldout.")}
+    heldout = {k.split(".", 1)[1]: v for k, v in stored.items() if k.startswith("heldout.")} or None
+    return Data(tok, arrays, heldout, key, meta["bad_rows"], task)
+
+
+def _encode_split(config: ConfigDict, tok: Any, rows: list[dict], numbers: list[int], kind: str,
+                  report: Any) -> dict[str, np.ndarray]:
+    from pjax.data import chat, records
+
+    d = config.data
+    template = chat.resolve_template(tok, d.chat_template) if (d.chat_template or tok.chat_template) else None
+    return records.encode(tok, rows, kind, d.max_len, template=template, report=report, row_numbers=numbers,
+                          max_prompt_tokens=d.max_prompt_tokens)
+
+
+def load_tokenizer(config: ConfigDict) -> Any:
+    from pjax.data.tokenizer import load_tokenizer as load
+
+    try:
+        return load(config.data.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"data.tokenizer={config.data.tokenizer!r}: {e}") from e
+
+
+def source_identity(spec: str) -> list[Any]:
+    """What identifies a data source for the encoding cache: a local file's or directory's path, size
+    and modification time; a TFDS or hub name as given."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return [spec]
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [str(path.resolve())] + [(str(p.relative_to(path)) if p != path else "", p.stat().st_size,
+                                     p.stat().st_mtime_ns) for p in files]
+
+
+def tokenizer_identity(config: ConfigDict) -> list[Any]:
+    path = Path(config.data.tokenizer).expanduser()
+    if not config.data.tokenizer:
+        return ["synthetic", config.data.sp_vocab_size]
+    files = [path] if path.is_file() else sorted(p for p in path.glob("*") if p.is_file() and p.suffix in
+                                                 (".json", ".model", ".jinja"))
+    return [str(path.resolve())] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def _hash_arrays(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return digest.hexdigest()[:24]
 
 
 def reference_cache_path(config: ConfigDict, arrays: dict[str, np.ndarray]) -> Path:
-    """Where precomputed reference log-probs live: next to the JSONL data (or in the synthetic task's
-    cache), keyed by a hash of the reference checkpoint and of the encoded data."""
-    import hashlib
-
+    """Where precomputed reference log-probs live: in the data cache (`data.cache_dir`), keyed by a hash
+    of the reference checkpoint and of the encoded data."""
     meta = checkpoint.export_metadata(config.init_from) if config.init_from else None
-    reference_id = meta["export_id"] if meta else f"fresh-init:{config.seed}"
+    reference_id = (meta["export_id"] if meta else json.dumps(source_identity(config.import_from))
+                    if config.import_from else f"fresh-init:{config.seed}")
     model = json.dumps(dataclasses.asdict(model_config(config)), sort_keys=True)  # dtype included
     digest = hashlib.sha256(f"{reference_id}|{model}|{config.train.logprob_chunk}".encode())
     for key in sorted(arrays):
         digest.update(key.encode())
         digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    name = f"ref-logps-{digest.hexdigest()[:20]}.npz"
-    if config.data.path:
-        return Path(config.data.path).expanduser().resolve().with_name(Path(config.data.path).name + "." + name)
-    return Path(synthetic_config(config).cache_dir).expanduser() / name
+    return Path(synthetic_config(config).cache_dir).expanduser() / f"ref-logps-{digest.hexdigest()[:20]}.npz"
 
 
 def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -394,8 +501,6 @@ def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.nd
     one pass and cached, so that training runs without a reference forward."""
     config = setup.config
     path = reference_cache_path(config, arrays)
-    fallback = Path(synthetic_config(config).cache_dir).expanduser() / path.name
-    path = path if path.exists() or not fallback.exists() else fallback
     if path.exists():
         log.info("reference: precomputed log-probs from %s", path)
         with np.load(path) as cached:
@@ -416,13 +521,7 @@ def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.nd
             parts.append(np.asarray(jax.device_get(fn(ref_params, batch["tokens"], batch["mask"]))))
         out[f"{prefix}ref_logps"] = np.concatenate(parts)[:n]
     if jax.process_index() == 0:
-        try:
-            _save_npz(path, out)
-        except OSError as e:  # e.g. a read-only data directory: keep the result in the cache instead
-            fallback = Path(synthetic_config(config).cache_dir).expanduser() / path.name
-            log.warning("reference: cannot write %s (%s); caching at %s", path, e, fallback)
-            _save_npz(fallback, out)
-            path = fallback
+        _save_npz(path, out)
     log.info("reference: computed log-probs for %d rows, cached at %s", len(arrays["tokens"]), path)
     return out
 
@@ -446,20 +545,17 @@ def synthetic_config(config: ConfigDict):
     return synthetic.SyntheticConfig(**kwargs)
 
 
-def data_position(config: ConfigDict, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """What a checkpoint records of the data (with the step it was saved at): the next batch is
-    `batch_indices(num_rows, step, batch_size, seed)` of the encoded rows whose fingerprint this is."""
-    digest = hashlib.sha256()
-    for key in sorted(arrays):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+def data_position(config: ConfigDict, data: Data) -> dict[str, Any]:
+    """What a checkpoint records of the data (with the step and the input iterator's state): the
+    encoded rows whose fingerprint this is, read in the order of `pjax.data.pipeline`."""
     return {"seed": int(config.seed), "batch_size": int(config.train.batch_size),
-            "num_rows": int(len(arrays["tokens"])), "fingerprint": digest.hexdigest()[:24]}
+            "num_rows": int(len(data.arrays["tokens"])), "fingerprint": data.fingerprint}
 
 
 def check_data_position(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
     """A resumed run must read the batches the interrupted one would have read."""
-    changed = {k: (saved.get(k), v) for k, v in current.items() if k != "step" and saved.get(k) != v}
+    changed = {k: (saved.get(k), v) for k, v in current.items()
+               if k not in ("step", "iterator") and saved.get(k) != v}
     if changed:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(changed.items()))
         keys = {"seed": "seed", "batch_size": "train.batch_size"}
@@ -493,7 +589,8 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     """`run` inside the mesh and rules: data, checkpoints and resume, the reference, the loop."""
     setup = make_setup(config, mesh)
     validate_for_mesh(config, mesh)
-    task, arrays = load_data(config)
+    data = load_data(config)
+    arrays = data.arrays
     ckpts = checkpoint.PhaseCheckpoints(workdir, keep=config.train.keep_checkpoints,
                                         keep_every=config.train.keep_every,
                                         async_save=config.train.async_checkpoint)
@@ -502,10 +599,11 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     if config.init_from and (needs_reference or not has_own):
         checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg))
     checkpoint.pin_parent(workdir, config.init_from, resuming=has_own)
+    imported = (lambda: import_params(setup, config.import_from)) if config.import_from else None
     state, saved_position, source = checkpoint.resume(
         ckpts, config.init_from, setup.abstract_state, fresh=lambda: setup.init_state(config.seed),
-        with_params=setup.state_around)
-    position = data_position(config, arrays)  # of the encoded rows, before any reference columns
+        with_params=setup.state_around, import_from=config.import_from, imported=imported)
+    position = data_position(config, data)  # of the encoded rows, before any reference columns
     if saved_position is not None:
         check_data_position(saved_position, position, str(ckpts.directory))
     ref_params = None
@@ -513,6 +611,9 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
         if config.init_from:
             ref_params = checkpoint.load_params(config.init_from, setup.abstract_state["params"])
             log.info("reference: frozen parent export %s", config.init_from)
+        elif config.import_from:
+            ref_params = jax.tree.map(jnp.copy, state["params"]) if source.startswith("import:") else imported()
+            log.info("reference: frozen imported checkpoint %s", config.import_from)
         else:
             ref_params = jax.tree.map(jnp.copy, state["params"]) if source == "fresh" else \
                 setup.init_state(config.seed)["params"]
@@ -520,7 +621,80 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
         if config.data.precompute_ref:
             arrays = {**arrays, **precomputed_reference(setup, ref_params, arrays)}
             ref_params = None  # the step reads `ref_logps` from the batch: no reference forward
-    return train_loop(setup, state, ref_params, arrays, ckpts, workdir, source, position, preemption)
+    heldout = {}
+    if data.heldout is not None and int(jax.device_get(state["step"])) == 0:
+        heldout["before"] = heldout_metrics(setup, state["params"], ref_params, data.heldout)
+    summary = train_loop(setup, state, ref_params, arrays, ckpts, workdir, source, position, preemption,
+                         saved_position)
+    if data.heldout is not None and not summary["preempted"]:
+        heldout["after"] = heldout_metrics(setup, summary.pop("params"), ref_params, data.heldout)
+        summary["heldout"] = heldout
+        log.info("held-out (%d rows): %s", len(data.heldout["tokens"]), json.dumps(heldout))
+        if distributed.is_leader():
+            (workdir / "heldout.json").write_text(json.dumps(heldout, indent=2))
+    summary.pop("params", None)
+    if data.bad_rows:
+        summary["bad_rows"] = data.bad_rows
+    return summary
+
+
+def import_params(setup: Setup, path: str) -> Any:
+    """Parameters of a Hugging Face checkpoint directory or a GGUF file (`import_from`), placed with the
+    train state's shardings; its architecture must match the configured model (the keys that differ
+    are named)."""
+    from pjax.models import gguf, hf
+
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"import_from={path!r}: no such file or directory")
+    is_gguf = source.suffix == ".gguf"
+    theirs = gguf.config_from_gguf(source) if is_gguf else hf.config_from_hf(
+        json.loads((source / "config.json").read_text()))
+    ours = dataclasses.asdict(setup.model_def.cfg)
+    ignored = ("max_seq_len", "param_dtype", "dtype", "remat", "scan_layers", "head")
+    diff = {k: (v, ours[k]) for k, v in theirs.items() if k in ours and k not in ignored and
+            checkpoint._norm(v) != checkpoint._norm(ours[k])}
+    if diff:
+        detail = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"import_from={path!r} does not match the configured model: {detail}")
+    loader = gguf.load_params if is_gguf else hf.load_params
+    return loader(source, setup.model_def, setup.param_shardings)
+
+
+def heldout_metrics(setup: Setup, params: Any, ref_params: Any, heldout: dict[str, np.ndarray]) -> dict[str, float]:
+    """Figures on the held-out rows (`data.num_heldout`) of pairs: how often the chosen completion gets
+    the higher summed log-prob (`logp_accuracy`), with a reference the higher implicit reward
+    rho = log pi/pi_ref (`implicit_reward_accuracy`, ties count half, so 0.5 at the start) and the
+    mean beta * (rho_chosen - rho_rejected); for a reward model, how often r_chosen > r_rejected."""
+    if heldout["tokens"].ndim != 3 or heldout["tokens"].shape[1] != 2:
+        return {}
+    config, model_def = setup.config, setup.model_def
+    bs, n = config.train.batch_size, len(heldout["tokens"])
+
+    def scores(p):
+        if config.phase == "rm":
+            fn = lambda p, t, m, c: models.sequence_rewards(model_def, p, t, m)  # noqa: E731
+        else:
+            fn = lambda p, t, m, c: (models.sequence_token_logprobs(  # noqa: E731
+                model_def, p, t, m, chunk_size=config.train.logprob_chunk) * c[..., 1:]).sum(-1)
+        jitted = jax.jit(fn, out_shardings=NamedSharding(setup.mesh, PartitionSpec()))
+        parts = []
+        for i in range(0, n, bs):
+            idx = np.arange(i, i + bs) % n  # the last batch wraps around; its extra rows are dropped
+            batch = setup.device_batch({k: np.asarray(heldout[k][idx]) for k in ("tokens", "mask", "completion_mask")})
+            parts.append(np.asarray(jax.device_get(jitted(p, batch["tokens"], batch["mask"], batch["completion_mask"]))))
+        return np.concatenate(parts)[:n]
+
+    s = scores(params)
+    if config.phase == "rm":
+        return {"reward_accuracy": float(np.mean(s[:, 0] > s[:, 1]))}
+    out = {"logp_accuracy": float(np.mean(s[:, 0] > s[:, 1]))}
+    if ref_params is not None:
+        rho = s - scores(ref_params)
+        margin = rho[:, 0] - rho[:, 1]
+        out["implicit_reward_accuracy"] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
+        out["reward_margin"] = float(config.loss.beta * margin.mean())
+    return out
 
 
 def first_nonfinite(fetched: list[tuple[int, dict[str, float]]]) -> tuple[int, list[str]] | None:
@@ -535,14 +709,14 @@ def first_nonfinite(fetched: list[tuple[int, dict[str, float]]]) -> tuple[int, l
 
 def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np.ndarray],
                ckpts: checkpoint.PhaseCheckpoints, workdir: Path, source: str, position: dict[str, Any],
-               preemption: distributed.PreemptionWatch) -> dict:
+               preemption: distributed.PreemptionWatch, saved_position: dict[str, Any] | None = None) -> dict:
     """Steps from the state's own step to `train.steps`; each host feeds only its rows of each batch.
 
     Metrics stay on the device until a log, save or preemption step, when every step's since the
     last such point is checked: a non-finite loss or gradient stops the run (naming the step, the
     metric and the last good checkpoint) before anything is saved.
     """
-    from pjax.data import batching
+    from pjax.data import pipeline
 
     config = setup.config
     tc = config.train
@@ -551,7 +725,12 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
     if start > tc.steps:
         raise ValueError(f"train.steps={tc.steps} is below the step {start} of the checkpoint in "
                          f"{ckpts.directory}; raise train.steps or use a new workdir")
-    rows = setup.local_rows(tc.batch_size)
+    iterator_state = (saved_position or {}).get("iterator") or pipeline.start_state(start)
+    if iterator_state != pipeline.start_state(start):
+        raise ValueError(f"the checkpoint in {ckpts.directory} is at step {start} but its input iterator at "
+                         f"{iterator_state}: the checkpoint is inconsistent; use an older step or a new workdir")
+    batches = pipeline.HostBatches(arrays, batch_size=tc.batch_size, seed=config.seed,
+                                   rows=setup.local_rows(tc.batch_size), state=iterator_state)
     writer = MetricWriter(workdir, resume_step=start)
     history: list[dict[str, float]] = []
     progress = None
@@ -564,7 +743,7 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
     tokens, t0, preempted = 0, time.perf_counter(), False
     try:
         for step in range(start, tc.steps):
-            local = batching.batch_at(arrays, step, tc.batch_size, config.seed, rows)
+            local = next(batches)
             state, metrics = step_fn(state, ref_params, setup.put_batch(local, tc.batch_size))
             done = step + 1
             pending.append((done, metrics))
@@ -598,7 +777,7 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
             if progress is not None:
                 progress.update(1)
             if (save_now or preempted) and done != tc.steps:
-                ckpts.save(done, state, {**position, "step": done}, force=preempted)
+                ckpts.save(done, state, {**position, "step": done, "iterator": batches.state()}, force=preempted)
             if preempted:
                 break
     finally:
@@ -606,14 +785,14 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
             progress.close()
         writer.close()
     summary = {"history": history, "export": str(workdir / "export"), "workdir": str(workdir), "source": source,
-               "preempted": preempted}
+               "preempted": preempted, "params": state["params"]}
     if preempted:
         ckpts.close()
         log.warning("preempted (SIGTERM) at step %d: checkpoint saved in %s; run the same command again to "
                     "resume", int(jax.device_get(state["step"])), ckpts.directory)
         return summary
     if ckpts.latest_step() != tc.steps:
-        ckpts.save(tc.steps, state, {**position, "step": tc.steps}, force=True)
+        ckpts.save(tc.steps, state, {**position, "step": tc.steps, "iterator": batches.state()}, force=True)
     ckpts.close()
     export_dir = workdir / "export"
     existing = checkpoint.export_metadata(export_dir)

@@ -24,7 +24,7 @@ import pytest
 
 from configs import base, dpo_tiny, rm_tiny, sft_tiny
 from pjax import sharding, train
-from pjax.data import batching
+from pjax.data import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {"sft": sft_tiny, "rm": rm_tiny, "dpo": dpo_tiny}
@@ -51,10 +51,10 @@ def loss_and_grads(config, mesh_shape=(1, 1, 1)) -> tuple[float, dict[str, np.nd
     with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
         setup = train.make_setup(config, mesh)
         train.validate_for_mesh(config, mesh)
-        _, arrays = train.load_data(config)
+        arrays = train.load_data(config).arrays
         state = setup.init_state(config.seed)
         ref = setup.init_state(config.seed + 1)["params"] if phase_needs_reference(config) else None
-        batch = setup.device_batch(batching.batch_at(arrays, 0, config.train.batch_size, config.seed))
+        batch = setup.device_batch(pipeline.global_batch(arrays, 0, config.train.batch_size, config.seed))
         step = train.TrainStep(setup)
         fn = jax.jit(lambda p, r, b, s: step.gradients(p, r, b, s))
         with sharding.use_rules(setup.rules):
@@ -105,8 +105,8 @@ def test_gradient_accumulation_equals_one_big_batch(phase, cache_dir):
     would not pass: they are weighted by their tokens."""
     config = _config(phase, cache_dir)
     if phase == "sft":
-        _, arrays = train.load_data(config)
-        tokens = batching.batch_at(arrays, 0, 8, config.seed)["completion_mask"][:, 1:].sum(axis=1)
+        arrays = train.load_data(config).arrays
+        tokens = pipeline.global_batch(arrays, 0, 8, config.seed)["completion_mask"][:, 1:].sum(axis=1)
         assert len({tokens[j::4].sum() for j in range(4)}) > 1  # k=4: micro-batches of unequal tokens
     whole = loss_and_grads(config)
     for k in (2, 4):

@@ -1,18 +1,20 @@
-"""Data: tokenizer, synthetic preference task and batching."""
+"""Data: tokenizers, dataset formats and sources, encoding, the input pipeline, the synthetic task."""
 
-from pjax.data.batching import batch_at, encode_pairs, encode_prompts, encode_sft
+from pjax.data.batching import encode_pairs, encode_prompts, encode_sft
 from pjax.data.synthetic import SyntheticConfig, SyntheticTask, build_task, gold_reward
-from pjax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from pjax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer, train_sentencepiece
 
 __all__ = [
+    "HFTokenizer",
     "SentencePieceTokenizer",
+    "Tokenizer",
     "SyntheticConfig",
     "SyntheticTask",
-    "batch_at",
     "build_task",
     "encode_pairs",
     "encode_prompts",
     "encode_sft",
     "gold_reward",
+    "load_tokenizer",
     "train_sentencepiece",
 ]

@@ -1,5 +1,8 @@
-"""Preference records (one JSON object per line) for every data shape the objectives need, and
-their encoding into the arrays the train step consumes.
+"""Records of every data shape the objectives need, and their encoding into the train step's arrays.
+
+Records come from `pjax.data.sources.load_records` (any TRL dataset format, converted by
+`pjax.data.formats`) or from the synthetic task. Text values are strings (standard) or message
+lists (conversational, rendered with the chat template).
 
 | shape | fields | arrays |
 |---|---|---|
@@ -12,15 +15,15 @@ their encoding into the arrays the train step consumes.
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
-from typing import Any, Sequence
+import logging
+from typing import Sequence
 
 import numpy as np
 
 from pjax.data import batching
-from pjax.data.tokenizer import SentencePieceTokenizer
+from pjax.data.formats import BadRow
+
+log = logging.getLogger("pjax")
 
 FIELDS = {
     "SEQ": ("prompt", "completion"),
@@ -31,71 +34,62 @@ FIELDS = {
 }
 
 
-def check_record(row: Any, kind: str, where: str) -> dict:
-    """Validate one record; errors name `where` (file and line) and the field."""
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    missing = [f for f in FIELDS[kind] if f not in row]
-    if missing:
-        raise ValueError(f"{where}: missing field(s) {missing} for data shape {kind} (needs {list(FIELDS[kind])})")
-    for f in FIELDS[kind]:
-        value = row[f]
-        if f == "label" and not isinstance(value, bool) and value not in (0, 1):
-            raise ValueError(f"{where}: field 'label' must be true/false, got {value!r}")
-        if f in ("completions", "scores") and (not isinstance(value, list) or len(value) < 2):
-            raise ValueError(f"{where}: field {f!r} must be a list of at least 2 entries")
-        if f in ("prompt", "prefix", "completion", "chosen", "rejected") and not isinstance(value, str):
-            raise ValueError(f"{where}: field {f!r} must be a string, got {type(value).__name__}")
-    if kind == "LIST" and len(row["completions"]) != len(row["scores"]):
-        raise ValueError(f"{where}: {len(row['completions'])} completions but {len(row['scores'])} scores")
-    return row
-
-
-def read_jsonl(path: str | Path, kind: str) -> list[dict]:
-    """Records of data shape `kind` from a JSONL file (plain or .gz), validated line by line."""
-    path = Path(path)
-    if kind not in FIELDS:
-        raise ValueError(f"unknown data shape {kind!r}; expected one of {sorted(FIELDS)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"data.path={str(path)!r}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            rows.append(check_record(row, kind, f"{path}:{lineno}"))
-    if not rows:
-        raise ValueError(f"{path}: no records")
-    return rows
-
-
-def encode(tok: SentencePieceTokenizer, rows: Sequence[dict], kind: str, max_len: int) -> dict[str, np.ndarray]:
-    """Encode validated records into the train step's arrays (see the table above)."""
-    if kind == "SEQ":
-        return batching.encode_sft(tok, [(r["prompt"], r["completion"]) for r in rows], max_len)
+def _example(row: dict, kind: str):
+    """(prompt, completions) of a record: the text(s) scored and the context they follow."""
+    if kind in ("SEQ", "UNP"):
+        return row["prompt"], (row["completion"],)
     if kind == "PAIR":
-        return batching.encode_pairs(tok, [(r["prompt"], r["chosen"], r["rejected"]) for r in rows], max_len)
+        return row["prompt"], (row["chosen"], row["rejected"])
     if kind == "STEP":
-        return batching.encode_pairs(
-            tok, [(f"{r['prompt'].strip()} {r['prefix'].strip()}", r["chosen"], r["rejected"]) for r in rows], max_len)
-    if kind == "UNP":
-        examples = [(r["prompt"], r["completion"]) for r in rows]
-        out = batching.encode_sft(tok, examples, max_len)
-        mismatched = [(examples[i][0], examples[i - 1][1]) for i in range(len(examples))]
-        kl = batching.encode_sft(tok, mismatched, max_len)
-        out.update({f"kl_{k}": v for k, v in kl.items()})
-        out["labels"] = np.array([bool(r["label"]) for r in rows], np.int32)
-        return out
+        if not (isinstance(row["prompt"], str) and isinstance(row["prefix"], str)):
+            raise BadRow("wrong_type", "STEP records need string prompt and prefix")
+        return row["prompt"] + batching._joined(row["prompt"], row["prefix"]), (row["chosen"], row["rejected"])
     if kind == "LIST":
-        k = len(rows[0]["completions"])
-        if any(len(r["completions"]) != k for r in rows):
-            raise ValueError("LIST records must all have the same number of completions")
-        out = batching.encode_lists(tok, [(r["prompt"], r["completions"]) for r in rows], max_len)
-        out["scores"] = np.array([r["scores"] for r in rows], np.float32)
-        return out
-    raise ValueError(f"unknown data shape {kind!r}")
+        return row["prompt"], tuple(row["completions"])
+    raise ValueError(f"unknown data shape {kind!r}; expected one of {sorted(FIELDS)}")
+
+
+def encode(tok, rows: Sequence[dict], kind: str, max_len: int, *, template: str | None = None,
+           report=None, row_numbers: Sequence[int] | None = None, max_prompt_tokens: int = 0) -> dict[str, np.ndarray]:
+    """Encode records into the train step's arrays (see the table above).
+
+    A row that cannot be encoded (an empty completion, a prompt over `max_prompt_tokens`) raises,
+    naming its row number, unless a `report` (`pjax.data.formats.BadRowReport`) collects it: then the
+    row is left out and counted there. Rows whose prompt and completion tokens merge across the
+    boundary are logged (see `pjax.data.batching`).
+    """
+    batching.check_max_len(max_len)
+    numbers = list(row_numbers) if row_numbers is not None else list(range(len(rows)))
+    stats = batching.EncodeStats()
+    parts, kept = [], []
+    k = len(rows[0]["completions"]) if kind == "LIST" and rows else None
+    for number, row in zip(numbers, rows):
+        try:
+            prompt, completions = _example(row, kind)
+            if k is not None and len(completions) != k:
+                raise BadRow("wrong_type", f"row {number}: {len(completions)} completions; every LIST "
+                                                      f"record must have the same number ({k})")
+            parts.append(batching.encode_list(tok, prompt, completions, max_len, number, template=template,
+                                              stats=stats, max_prompt_tokens=max_prompt_tokens))
+            kept.append(row)
+        except BadRow as e:
+            if report is None:
+                raise
+            report.add(e.reason, number, str(e))
+    if stats.inconsistent:
+        log.warning("data: %d of %d rows tokenise differently as prompt + completion than the prompt alone "
+                    "(first rows %s); their prompt keeps its own tokens and the completion is tokenised "
+                    "alone", len(stats.inconsistent), len(rows), stats.inconsistent[:5])
+    if not kept:
+        raise ValueError(f"no {kind} rows left to train on ({len(rows)} read, all bad)")
+    out = batching.stack(parts, (0, 0, max_len))
+    if kind in ("SEQ", "UNP"):
+        out = {key: v[:, 0] for key, v in out.items()}
+    if kind == "UNP":  # KTO's mismatched pairs: prompt i with completion i - 1
+        mismatched = [(kept[i]["prompt"], kept[i - 1]["completion"]) for i in range(len(kept))]
+        kl = batching.encode_sft(tok, mismatched, max_len, template=template)
+        out.update({f"kl_{key}": v for key, v in kl.items()})
+        out["labels"] = np.array([bool(r["label"]) for r in kept], np.int32)
+    if kind == "LIST":
+        out["scores"] = np.array([r["scores"] for r in kept], np.float32)
+    return out

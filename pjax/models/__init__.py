@@ -53,27 +53,36 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
 
 
-def _forward(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array):
+def _forward(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array,
+             positions: jax.Array | None = None, segment_ids: jax.Array | None = None):
     """(model, tokens `[N, T]`, final hidden states `[N, T, D]`) of `tokens`, `mask` `[..., T]`, the
     leading dims flattened. All T positions go through the model (the last one's output is unused
     by the log-probs): a power-of-two T keeps the sequence divisible by a sequence-parallel mesh axis,
-    and causal attention leaves the other positions as they would be without it."""
+    and causal attention leaves the other positions as they would be without it.
+
+    `positions` default to `positions_from_mask(mask)`; packed rows pass their own (restarting at 0 in
+    each document) with `segment_ids` (attention stays within a segment)."""
     T = tokens.shape[-1]
     tok, msk = tokens.reshape(-1, T), mask.reshape(-1, T)
+    pos = positions_from_mask(msk) if positions is None else positions.reshape(-1, T).astype(jnp.int32)
+    seg = None if segment_ids is None else segment_ids.reshape(-1, T)
     model = model_def.module(params)
-    hidden, _ = model(tok, positions_from_mask(msk), msk)
+    hidden, _ = model(tok, pos, msk, segment_ids=seg)
     return model, tok, hidden
 
 
 def sequence_token_logprobs(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array, *,
                             chunk_size: int = 128, temperature: float = 1.0,
-                            with_log_sum_p2: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+                            with_log_sum_p2: bool = False, positions: jax.Array | None = None,
+                            segment_ids: jax.Array | None = None) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Log-probs of tokens[..., 1:] given their prefixes: `[..., T-1]` float32 (leading dims flattened).
 
-    `tokens`, `mask`: `[..., T]`; any leading shape (e.g. `[B, 2, T]` preference pairs) is kept. With
-    `with_log_sum_p2`, also `log sum_v p(v)^2` per position (see `token_logprobs`).
+    `tokens`, `mask` (and `positions`, `segment_ids` if given, see `_forward`): `[..., T]`; any leading
+    shape (e.g. `[B, 2, T]` preference pairs) is kept. With `with_log_sum_p2`, also `log sum_v p(v)^2`
+    per position (see `token_logprobs`). In a packed row the entry at a document's first token is
+    predicted from the previous document's last token: mask it out.
     """
-    model, tok, hidden = _forward(model_def, params, tokens, mask)
+    model, tok, hidden = _forward(model_def, params, tokens, mask, positions, segment_ids)
     out = token_logprobs(hidden[:, :-1], model.head_kernel(), tok[:, 1:], chunk_size=chunk_size,
                          temperature=temperature, with_log_sum_p2=with_log_sum_p2)
     return jax.tree.map(lambda x: x.reshape(*tokens.shape[:-1], tokens.shape[-1] - 1), out)
@@ -85,10 +94,12 @@ def last_token_index(mask: jax.Array) -> jax.Array:
     return (T - 1 - jnp.argmax(jnp.flip(mask > 0, axis=-1), axis=-1)).astype(jnp.int32)
 
 
-def sequence_rewards(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+def sequence_rewards(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array, *,
+                     positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
     """Scalar-head outputs (`model.head='scalar'`) read at the last real token: `[...]` float32 for
-    `tokens`, `mask` `[..., T]` (e.g. `[B, 2]` rewards of preference pairs)."""
-    model, _, hidden = _forward(model_def, params, tokens, mask)
+    `tokens`, `mask` `[..., T]` (e.g. `[B, 2]` rewards of preference pairs). `positions`, `segment_ids`:
+    see `_forward` (with packing, the last real token of the row is that of its last document)."""
+    model, _, hidden = _forward(model_def, params, tokens, mask, positions, segment_ids)
     last_index = last_token_index(mask.reshape(-1, mask.shape[-1]))
     last = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)[:, 0]
     rewards = last.astype(jnp.float32) @ model.score[...].astype(jnp.float32)

@@ -1,8 +1,10 @@
 """The Llama 2/3 family as Flax NNX modules.
 
 RMSNorm, rotary embeddings (with Llama 3 frequency scaling), grouped-query attention with an optional
-KV cache, SwiGLU, tied or untied embeddings. Layers are created stacked (`nnx.vmap`) and run with
-`jax.lax.scan`, so compile time does not grow with depth; each layer can be rematerialised.
+KV cache, SwiGLU, tied or untied embeddings; the variants Mistral (sliding-window attention) and Qwen2
+(q/k/v projection biases) are config switches, and rows may pack several documents (`segment_ids`).
+Layers are created stacked (`nnx.vmap`) and run with `jax.lax.scan`, so compile time does not grow
+with depth; each layer can be rematerialised.
 
 Every parameter carries logical axis names (`out_sharding` metadata); the rules table in the config
 maps them to mesh axes (see `pjax.sharding`). The model returns final hidden states: the LM head is
@@ -15,6 +17,7 @@ import dataclasses
 import math
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -52,6 +55,9 @@ class LlamaConfig:
     remat: str = "none"
     scan_layers: bool = True
     head: str = "lm"  # lm: next-token logits | scalar: one reward/value per sequence (read at its last token)
+    attn_bias: bool = False  # Qwen2: biases on the q/k/v projections (not on the output projection)
+    # Mistral: query index i sees key index j iff i - window < j <= i (Hugging Face's convention); 0 = off.
+    sliding_window: int = 0
 
     def __post_init__(self):
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
@@ -68,6 +74,10 @@ class LlamaConfig:
         if self.rope_scaling and (len(self.rope_scaling) != 4 or not self.rope_scaling[1] < self.rope_scaling[2]):
             raise ValueError(f"model.rope_scaling={self.rope_scaling}: expected () or (factor, low_freq_factor, "
                              "high_freq_factor, original_max_position) with low_freq_factor < high_freq_factor")
+        if self.sliding_window < 0:
+            raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 0 (0 = full attention)")
+        if not isinstance(self.attn_bias, bool):
+            raise ValueError(f"model.attn_bias={self.attn_bias!r}: expected True or False")
         if self.head not in ("lm", "scalar"):
             raise ValueError(f"model.head={self.head!r}: expected 'lm' or 'scalar'")
         for key in ("param_dtype", "dtype"):
@@ -80,6 +90,8 @@ class LlamaConfig:
         place of the LM head)."""
         d, f, hd = self.d_model, self.d_ff, self.head_dim
         attn = d * hd * (2 * self.n_heads + 2 * self.n_kv_heads)
+        if self.attn_bias:
+            attn += hd * (self.n_heads + 2 * self.n_kv_heads)
         layer = attn + 3 * d * f + 2 * d
         separate_lm_head = self.head == "lm" and not self.tie_embeddings
         emb = self.vocab_size * d * (2 if separate_lm_head else 1) + (d if self.head == "scalar" else 0)
@@ -100,6 +112,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                       max_seq_len=131072),
     "llama2_7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
                       d_ff=11008, max_seq_len=4096),
+    # mistralai/Mistral-7B-v0.1 config.json (v0.2+ drop the window and use rope_theta 1e6).
+    "mistral_7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                       d_ff=14336, max_seq_len=32768, sliding_window=4096),
+    # Qwen/Qwen2-0.5B config.json (use_sliding_window false: full attention in every layer).
+    "qwen2_0_5b": dict(vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2,
+                       d_ff=4864, rope_theta=1_000_000.0, norm_eps=1e-6, tie_embeddings=True,
+                       attn_bias=True, max_seq_len=131072),
 }
 
 
@@ -176,13 +195,20 @@ class Attention(nnx.Module):
         self.wv = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), pd)
         self.wo = _param(rngs, (h, hd, d), ("q_heads", "head_dim", "embed"), pd,
                          scale=1.0 / math.sqrt(h * hd * 2 * cfg.n_layers))
+        if cfg.attn_bias:
+            self.bq = nnx.Param(jnp.zeros((h, hd), pd), out_sharding=("q_heads", "head_dim"))
+            self.bk = nnx.Param(jnp.zeros((k, hd), pd), out_sharding=("kv_heads", "head_dim"))
+            self.bv = nnx.Param(jnp.zeros((k, hd), pd), out_sharding=("kv_heads", "head_dim"))
 
-    def __call__(self, x, positions, inv_freq, key_mask, cache: Cache | None, cache_index):
+    def __call__(self, x, positions, inv_freq, allowed: Array, cache: Cache | None, cache_index):
+        """allowed: [B, T, S] bool, which keys each query sees (`attention_mask`)."""
         cfg = self.cfg
         dt = _dtype(cfg.dtype)
         q = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))
         k = jnp.einsum("btd,dhk->bthk", x, self.wk[...].astype(dt))
         v = jnp.einsum("btd,dhk->bthk", x, self.wv[...].astype(dt))
+        if cfg.attn_bias:
+            q, k, v = q + self.bq[...].astype(dt), k + self.bk[...].astype(dt), v + self.bv[...].astype(dt)
         q = sharding.constrain(apply_rope(q, positions, inv_freq), ("act_batch", "act_seq", "act_heads", None))
         k = apply_rope(k, positions, inv_freq)
         T = x.shape[1]
@@ -190,13 +216,10 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
             cache = {"k": k, "v": v}
-        S = k.shape[1]
         B, g = x.shape[0], cfg.n_heads // cfg.n_kv_heads
         qg = q.reshape(B, T, cfg.n_kv_heads, g, cfg.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dt)).astype(jnp.float32)
         scores = scores / math.sqrt(cfg.head_dim)
-        query_idx = cache_index + jnp.arange(T)
-        allowed = (jnp.arange(S)[None, :] <= query_idx[:, None])[None] & (key_mask[:, None, :] > 0)
         scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(B, T, cfg.n_heads, cfg.head_dim)
@@ -227,8 +250,8 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, positions, inv_freq, key_mask, cache, cache_index):
-        h, cache = self.attn(self.attn_norm(x), positions, inv_freq, key_mask, cache, cache_index)
+    def __call__(self, x, positions, inv_freq, allowed, cache, cache_index):
+        h, cache = self.attn(self.attn_norm(x), positions, inv_freq, allowed, cache, cache_index)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return sharding.constrain(x, ("act_batch", "act_seq", "act_embed")), cache
@@ -262,22 +285,32 @@ class Llama(nnx.Module):
         return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
     def __call__(self, tokens: Array, positions: Array, key_mask: Array,
-                 cache: Cache | None = None, cache_index: Array | int = 0) -> tuple[Array, Cache | None]:
+                 cache: Cache | None = None, cache_index: Array | int = 0,
+                 segment_ids: Array | None = None) -> tuple[Array, Cache | None]:
         """tokens, positions: [B, T]; key_mask: [B, S] (1 = attendable key; S = T, or the cache length).
 
         With a cache (`{"k", "v"}: [L, B, S, n_kv, hd]`) the new keys are written at `cache_index`.
-        Query t sits at sequence index `cache_index + t` and sees keys at indices <= its own.
+        Query t sits at sequence index `cache_index + t` and sees keys at indices <= its own (and, with
+        `cfg.sliding_window`, > its own minus the window). `segment_ids` [B, T] (packed rows, no cache)
+        further restricts each query to keys of its own segment; positions then restart per segment.
         """
         cfg = self.cfg
+        chex.assert_rank([tokens, positions, key_mask], 2)
+        chex.assert_equal_shape([tokens, positions])
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed rows) cannot be combined with a KV cache")
+            chex.assert_equal_shape([tokens, segment_ids])
         x = jnp.take(self.embed[...], tokens, axis=0).astype(_dtype(cfg.dtype))
         x = sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
         inv_freq = rope_frequencies(cfg)
+        allowed = attention_mask(key_mask, tokens.shape[1], cache_index, cfg.sliding_window, segment_ids)
         graphdef, state = nnx.split(self.layers)
 
         def layer(x, xs):
             layer_state, layer_cache = xs
             block = nnx.merge(graphdef, layer_state)
-            return block(x, positions, inv_freq, key_mask, layer_cache, cache_index)
+            return block(x, positions, inv_freq, allowed, layer_cache, cache_index)
 
         policy = REMAT_POLICIES[cfg.remat]
         if cfg.remat != "none":
@@ -291,6 +324,26 @@ class Llama(nnx.Module):
                 outs.append(c)
             cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
         return self.final_norm(x), cache
+
+
+def attention_mask(key_mask: Array, num_queries: int, cache_index: Array | int = 0, sliding_window: int = 0,
+                   segment_ids: Array | None = None) -> Array:
+    """Which keys each query may attend to: `[B, T, S]` bool for `key_mask` `[B, S]` and T queries at
+    sequence indices `cache_index + t`.
+
+    Query index i sees key index j iff j <= i (causal), `key_mask[j]` is set, i - j < `sliding_window`
+    when it is positive (as `transformers`' `sliding_window_overlay`: kv_idx > q_idx - window), and,
+    with `segment_ids` `[B, T]` (S = T), both carry the same segment id.
+    """
+    query_idx = cache_index + jnp.arange(num_queries)
+    key_idx = jnp.arange(key_mask.shape[1])
+    allowed = key_idx[None, :] <= query_idx[:, None]
+    if sliding_window:
+        allowed &= key_idx[None, :] > query_idx[:, None] - sliding_window
+    allowed = allowed[None] & (key_mask[:, None, :] > 0)
+    if segment_ids is not None:
+        allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    return allowed
 
 
 def init_cache(cfg: LlamaConfig, batch: int, length: int) -> Cache:

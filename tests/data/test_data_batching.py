@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pjax.data import batch_at, encode_pairs, encode_prompts, encode_sft
+from pjax.data import encode_pairs, encode_prompts, encode_sft
 
 
 def test_encode_sft_layout_and_masks(task):
@@ -75,24 +75,3 @@ def test_encode_prompts_left_padded(task):
         assert list(out["mask"][row]) == [0] * (12 - len(ids)) + [1] * len(ids)
     short = encode_prompts(tok, ["review : the old movie about the ship was"], max_prompt_len=4)
     assert list(short["tokens"][0]) == [tok.bos_id, *tok.encode("review : the old movie about the ship was")[-3:]]
-
-
-def test_batch_at_deterministic_and_wraps():
-    n, bs = 10, 4
-    arrays = {"x": np.arange(n), "y": np.arange(n) * 10}
-    batches = [batch_at(arrays, s, bs, seed=7) for s in range(5)]  # 20 rows = 2 epochs
-    assert all((b["y"] == b["x"] * 10).all() for b in batches)
-    np.testing.assert_array_equal(batch_at(arrays, 3, bs, seed=7)["x"], batches[3]["x"])
-    flat = np.concatenate([b["x"] for b in batches])
-    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
-    np.testing.assert_array_equal(flat[:10], np.random.default_rng([7, 0]).permutation(n))
-    assert not np.array_equal(flat[:10], flat[10:])  # new permutation each epoch
-    assert not np.array_equal(batch_at(arrays, 0, bs, seed=8)["x"], batches[0]["x"])
-
-
-def test_batch_at_errors():
-    arrays = {"x": np.arange(3)}
-    with pytest.raises(ValueError, match="N=3"):
-        batch_at(arrays, 0, 4, seed=0)
-    with pytest.raises(ValueError, match="equal leading sizes"):
-        batch_at({"x": np.arange(3), "y": np.arange(4)}, 0, 2, seed=0)

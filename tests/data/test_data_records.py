@@ -1,4 +1,5 @@
-"""JSONL records of every data shape: validation errors name the file and line; encoding layout."""
+"""Records of every data shape: through a JSONL file and `sources.load_records`, their encoding layout, and
+bad rows found while encoding (named by source line, counted or fatal)."""
 
 import gzip
 import json
@@ -6,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pjax.data import records, synthetic
+from pjax.data import records, sources, synthetic
+from pjax.data.formats import BadRowReport
 
 
 def _write(path, rows, gz=False):
@@ -24,7 +26,7 @@ def test_synthetic_records_round_trip_through_jsonl(tmp_path, task, kind):
     cfg = synthetic.SyntheticConfig(num_pairs=12, cache_dir=str(tmp_path))
     rows = synthetic.preference_records(cfg, kind, list_size=3)
     path = _write(tmp_path / f"{kind}.jsonl.gz", rows, gz=True)
-    assert records.read_jsonl(path, kind) == rows
+    assert sources.load_records(path, kind)[0] == rows
     arrays = records.encode(task.tokenizer, rows, kind, 48)
     lead = {"PAIR": (12, 2), "STEP": (12, 2), "UNP": (12,), "LIST": (12, 3)}[kind]
     assert arrays["tokens"].shape == lead + (48,)
@@ -59,22 +61,24 @@ def test_synthetic_labels_follow_the_gold_reward(tmp_path):
     assert np.mean(gaps[gaps != 0] > 0) > 0.6  # Bradley-Terry labels favour the better step
 
 
-def test_bad_records_name_file_line_and_field(tmp_path):
-    good = {"prompt": "p", "chosen": "a", "rejected": "b"}
-    path = _write(tmp_path / "pairs.jsonl", [good, {"prompt": "p", "chosen": "a"}])
-    with pytest.raises(ValueError, match=r"pairs.jsonl:2: missing field\(s\) \['rejected'\]"):
-        records.read_jsonl(path, "PAIR")
-    path.write_text(json.dumps(good) + "\n{oops\n")
-    with pytest.raises(ValueError, match=r"pairs.jsonl:2: not valid JSON"):
-        records.read_jsonl(path, "PAIR")
-    path = _write(tmp_path / "unp.jsonl", [{"prompt": "p", "completion": "c", "label": "yes"}])
-    with pytest.raises(ValueError, match=r"unp.jsonl:1: field 'label' must be true/false"):
-        records.read_jsonl(path, "UNP")
-    path = _write(tmp_path / "list.jsonl", [{"prompt": "p", "completions": ["a", "b"], "scores": [1.0]}])
-    with pytest.raises(ValueError, match=r"list.jsonl:1: field 'scores' must be a list of at least 2"):
-        records.read_jsonl(path, "LIST")
-    with pytest.raises(FileNotFoundError, match="data.path=.*missing.jsonl"):
-        records.read_jsonl(tmp_path / "missing.jsonl", "PAIR")
+def test_rows_bad_at_encoding_are_named_or_counted(tmp_path, task):
+    """A prompt over data.max_prompt_tokens and a completion of no tokens: fatal with the source line
+    named, or counted in the report with the other rows kept."""
+    rows = [{"prompt": "review : the movie was", "chosen": "good", "rejected": "bad"},
+            {"prompt": " ".join(["review : the old movie about the ship was"] * 4), "chosen": "good", "rejected": "bad"},
+            {"prompt": "review : the movie was", "chosen": "fine", "rejected": "dull"}]
+    path = _write(tmp_path / "pairs.jsonl", rows)
+    loaded, report = sources.load_records(path, "PAIR")
+    with pytest.raises(ValueError, match=r"row 2: prompt of \d+ tokens exceeds data.max_prompt_tokens=12"):
+        records.encode(task.tokenizer, loaded, "PAIR", 48, row_numbers=report.record_rows, max_prompt_tokens=12)
+    out = records.encode(task.tokenizer, loaded, "PAIR", 48, row_numbers=report.record_rows, max_prompt_tokens=12,
+                         report=report)
+    assert out["tokens"].shape == (2, 2, 48)
+    assert report.counts == {"prompt_too_long": 1} and report.first_rows == {"prompt_too_long": [2]}
+    assert "prompt_too_long: 1 (lines 2)" in report.summary()
+    report = BadRowReport("x.jsonl")
+    records.encode(task.tokenizer, [rows[0], {**rows[2], "chosen": "   "}], "PAIR", 48, report=report)
+    assert report.first_rows == {"empty_completion": [1]}
 
 
 def test_list_rows_share_one_prompt_cut(task):

@@ -6,7 +6,7 @@ import pytest
 
 from configs import dpo_tiny
 from pjax import losses, sharding, train
-from pjax.data import batching
+from pjax.data import pipeline
 
 OBJECTIVES = sorted(name for name in losses.REGISTRY if name != "sft")
 OPTIONS = {"exo_pair": {"label_smoothing": 1e-3}, "cdpo": {"label_smoothing": 0.1},
@@ -40,13 +40,13 @@ def test_a_few_steps_lower_the_loss(name, tmp_path):
     mesh = sharding.make_mesh((1, 1, 1))
     with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
         setup = train.make_setup(config, mesh)
-        _, arrays = train.load_data(config)
+        arrays = train.load_data(config).arrays
         state = setup.init_state(0)
         ref = jax.tree.map(lambda x: x.copy(), state["params"]) if losses.needs_reference(config.loss) else None
         step = train.TrainStep(setup)
         history = []
         for i in range(6):
-            state, metrics = step(state, ref, setup.device_batch(batching.batch_at(arrays, i, 16, 0)))
+            state, metrics = step(state, ref, setup.device_batch(pipeline.global_batch(arrays, i, 16, 0)))
             history.append(float(metrics["loss"]))
     assert np.isfinite(history).all(), history
     assert history[-1] < history[0] - 1e-3, history

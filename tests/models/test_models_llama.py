@@ -5,6 +5,7 @@ layout, with `rotate_half`), grouped-query attention, SwiGLU and the Llama 3.1 R
 are re-implemented below in NumPy.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -68,32 +69,37 @@ def np_softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def np_llama_logits(params, cfg, tokens, positions, mask):
+def np_llama_logits(params, cfg, tokens, positions, mask, segment_ids=None):
     """Logits [B, T, V] (float64) of a Llama decoder; `mask` [B, T]: 1 = real token (key padding mask)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     head = p["embed"].T if cfg.tie_embeddings else p["lm_head"]
-    return np_llama_hidden(params, cfg, tokens, positions, mask) @ head
+    return np_llama_hidden(params, cfg, tokens, positions, mask, segment_ids) @ head
 
 
-def np_llama_hidden(params, cfg, tokens, positions, mask):
-    """Final hidden states [B, T, D] (float64, after the last norm)."""
+def np_llama_hidden(params, cfg, tokens, positions, mask, segment_ids=None):
+    """Final hidden states [B, T, D] (float64, after the last norm). Qwen2 q/k/v biases when the params
+    hold them; a Mistral sliding window (query i sees key j iff i - window < j <= i); with `segment_ids`,
+    keys of the query's own segment only."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     B, T = tokens.shape
     H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     group = H // K
     inv_freq = np_inv_freq(hd, cfg.rope_theta, cfg.rope_scaling)
-    causal = np.tril(np.ones((T, T), bool))
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    causal = (j <= i) & ((i - j < cfg.sliding_window) if cfg.sliding_window else True)
     x = p["embed"][tokens]  # [B, T, D]
     for layer in range(cfg.n_layers):
         lp = jax.tree.map(lambda a: a[layer], p["layers"])
         h = np_rms_norm(x, lp["attn_norm"]["scale"], cfg.norm_eps)
-        q = np.einsum("btd,dnk->btnk", h, lp["attn"]["wq"])
-        k = np.einsum("btd,dnk->btnk", h, lp["attn"]["wk"])
-        v = np.einsum("btd,dnk->btnk", h, lp["attn"]["wv"])
+        q = np.einsum("btd,dnk->btnk", h, lp["attn"]["wq"]) + lp["attn"].get("bq", 0.0)
+        k = np.einsum("btd,dnk->btnk", h, lp["attn"]["wk"]) + lp["attn"].get("bk", 0.0)
+        v = np.einsum("btd,dnk->btnk", h, lp["attn"]["wv"]) + lp["attn"].get("bv", 0.0)
         q, k = np_rope(q, positions, inv_freq), np_rope(k, positions, inv_freq)
         attn = np.zeros((B, T, H, hd))
         for b in range(B):
             allowed = causal & (mask[b][None, :] > 0)
+            if segment_ids is not None:
+                allowed = allowed & (segment_ids[b][:, None] == segment_ids[b][None, :])
             for head in range(H):
                 kv = head // group
                 scores = q[b, :, head] @ k[b, :, kv].T / math.sqrt(hd)
@@ -131,12 +137,13 @@ def _init(cfg, seed):
 
 
 def perturbed_params(model_def, seed=0):
-    """`ModelDef.init` parameters, with norm scales moved away from 1 so that they are exercised."""
+    """`ModelDef.init` parameters, with norm scales moved away from 1 (and q/k/v biases from 0) so that
+    they are exercised."""
     params = _init(model_def.cfg, seed)
     rng = np.random.default_rng(seed)
 
     def move(path, a):
-        if jax.tree_util.keystr(path).endswith("['scale']"):
+        if jax.tree_util.keystr(path).endswith(("['scale']", "['bq']", "['bk']", "['bv']")):
             return a + jnp.asarray(0.2 * rng.normal(size=a.shape), a.dtype)
         return a
 
@@ -205,6 +212,31 @@ def test_forward_matches_numpy_with_rope_scaling_and_head_dim():
     got = jax_logits(md, params, tokens, positions, mask)
     want = np_llama_logits(params, cfg, tokens, positions, mask)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant", [dict(attn_bias=True), dict(sliding_window=3),
+                                     dict(attn_bias=True, sliding_window=2, tie_embeddings=True)],
+                         ids=["qwen2-biases", "mistral-window", "both"])
+def test_variants_match_numpy_reference(variant):
+    """Qwen2's q/k/v biases and Mistral's sliding window (shorter than the rows), with padding."""
+    cfg = tiny_cfg(**variant)
+    md = build(cfg)
+    params = perturbed_params(md, seed=2)
+    if cfg.attn_bias:
+        H, K, hd, L = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.n_layers
+        assert {k: v.shape for k, v in params["layers"]["attn"].items() if k.startswith("b")} == \
+            {"bq": (L, H, hd), "bk": (L, K, hd), "bv": (L, K, hd)}
+    assert cfg.num_params == sum(a.size for a in jax.tree.leaves(params))
+    mask = np.concatenate([PADDINGS["right"][:1], PADDINGS["left"][:1], PADDINGS["none"][:1]])
+    tokens = np.random.default_rng(8).integers(0, cfg.vocab_size, size=mask.shape).astype(np.int32)
+    positions = np_positions(mask).astype(np.int32)
+    got = jax_logits(md, params, tokens, positions, mask)
+    want = np_llama_logits(params, cfg, tokens, positions, mask)
+    real = mask > 0
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=0)
+    if cfg.sliding_window:  # the window changes the result: the comparison above is not vacuous
+        full = np_llama_logits(params, dataclasses.replace(cfg, sliding_window=0), tokens, positions, mask)
+        assert np.abs(full[real] - want[real]).max() > 1e-2
 
 
 def test_left_padding_is_invisible():
@@ -299,11 +331,13 @@ def test_scan_and_remat_do_not_change_loss_or_gradients():
 # ----------------------------------------------------------------------------- KV cache
 
 
-@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
-def test_kv_cache_decoding_matches_full_forward(scan_layers):
-    cfg = tiny_cfg(n_heads=4, n_kv_heads=2, scan_layers=scan_layers)
+@pytest.mark.parametrize("scan_layers, variant", [(True, {}), (False, {}),
+                                                  (True, dict(sliding_window=3, attn_bias=True))],
+                         ids=["scan", "unrolled", "window-biases"])
+def test_kv_cache_decoding_matches_full_forward(scan_layers, variant):
+    cfg = tiny_cfg(n_heads=4, n_kv_heads=2, scan_layers=scan_layers, **variant)
     md = build(cfg)
-    params = perturbed_params(build(tiny_cfg()))  # same parameter tree either way
+    params = perturbed_params(build(tiny_cfg(**variant)))  # same parameter tree either way
     mask = np.array([[1] * 7, [0] * 3 + [1] * 4])  # no padding; left padding
     B, T = mask.shape
     S = T + 3  # cache slots past the end are never written and must stay invisible
@@ -343,6 +377,69 @@ def test_kv_cache_decoding_matches_full_forward(scan_layers):
     assert np.all(np.asarray(cache["k"])[:, :, T:] == 0)  # nothing written past the last token
 
 
+# ----------------------------------------------------------------------------- packing
+
+
+@pytest.mark.parametrize("variant", [{}, dict(sliding_window=3, attn_bias=True)], ids=["llama", "window-biases"])
+def test_packed_row_matches_separate_documents(variant):
+    """Two documents packed in one row (positions restarting at 0, segment ids 1 and 2, one pad) give
+    each document's own per-token log-probs, and match the NumPy reference with block-diagonal
+    attention."""
+    cfg = tiny_cfg(**variant)
+    md = build(cfg)
+    params = perturbed_params(md, seed=5)
+    rng = np.random.default_rng(9)
+    doc1, doc2 = rng.integers(0, cfg.vocab_size, size=6), rng.integers(0, cfg.vocab_size, size=4)
+    tokens = np.concatenate([doc1, doc2, [0]])[None].astype(np.int32)
+    positions = np.concatenate([np.arange(6), np.arange(4), [0]])[None].astype(np.int32)
+    segments = np.array([[1] * 6 + [2] * 4 + [0]], np.int32)
+    mask = (segments > 0).astype(np.int32)
+
+    def logps(tok, msk, pos, seg):
+        fn = lambda p, t, m, po, s: sequence_token_logprobs(md, p, t, m, chunk_size=4, positions=po,  # noqa: E731
+                                                            segment_ids=s)
+        return np.asarray(compiled(fn, params, tok, msk, pos, seg)(params, tok, msk, pos, seg))
+
+    packed = logps(tokens, mask, positions, segments)[0]  # [10]: entry t scores token t + 1
+    apart = np.zeros((2, 6), np.int32)  # the documents as two right-padded rows
+    apart[0], apart[1, :4] = doc1, doc2
+    apart_mask = (np.arange(6) < np.array([[6], [4]])).astype(np.int32)
+    alone = logps(apart, apart_mask, np_positions(apart_mask).astype(np.int32), apart_mask)
+    np.testing.assert_allclose(packed[:5], alone[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(packed[6:9], alone[1, :3], atol=1e-5, rtol=0)  # packed[5]: doc2's first token
+    logits = np_llama_logits(params, cfg, tokens, positions, mask, segments)
+    want = np.take_along_axis(np_log_softmax(logits[:, :-1]), tokens[:, 1:, None], -1)[0, :, 0]
+    np.testing.assert_allclose(packed[:9], want[:9], atol=1e-4, rtol=0)
+    # With one segment the second document would see the first: the comparison is not vacuous.
+    unsegmented = logps(tokens, mask, positions, mask)[0]
+    assert np.abs(unsegmented[6:9] - alone[1, :3]).max() > 1e-3
+
+
+def test_packed_rewards_read_the_last_document():
+    cfg = tiny_cfg(head="scalar")
+    md = build(cfg)
+    params = perturbed_params(md, seed=6)
+    rng = np.random.default_rng(10)
+    doc1, doc2 = rng.integers(0, cfg.vocab_size, size=5), rng.integers(0, cfg.vocab_size, size=3)
+    tokens = np.concatenate([doc1, doc2])[None].astype(np.int32)
+    positions = np.concatenate([np.arange(5), np.arange(3)])[None].astype(np.int32)
+    segments = np.array([[1] * 5 + [2] * 3], np.int32)
+    packed = jax.jit(lambda p, t, m, po, s: sequence_rewards(md, p, t, m, positions=po, segment_ids=s))(
+        params, tokens, np.ones_like(tokens), positions, segments)
+    alone = jax.jit(lambda p, t, m: sequence_rewards(md, p, t, m))(params, doc2[None].astype(np.int32),
+                                                                  np.ones((1, 3), np.int32))
+    np.testing.assert_allclose(np.asarray(packed), np.asarray(alone), atol=1e-5, rtol=0)
+
+
+def test_segment_ids_need_no_cache():
+    cfg = tiny_cfg()
+    md = build(cfg)
+    params = _init(cfg, 0)
+    tok = np.zeros((1, 4), np.int32)
+    with pytest.raises(ValueError, match="segment_ids"):
+        md.module(params)(tok, tok, np.ones((1, 4), np.int32), init_cache(cfg, 1, 4), 0, segment_ids=tok)
+
+
 # ----------------------------------------------------------------------------- parameter layout
 
 
@@ -366,6 +463,9 @@ def test_logical_axis_names_match_shapes_and_rules():
             if name.startswith("['layers']"):
                 assert spec[0] == "layers" and sds.shape[0] == md.cfg.n_layers, name
         assert ("lm_head" in md.shapes) == (not tied)
+    biased = build(tiny_cfg(attn_bias=True)).logical_specs["layers"]["attn"]
+    assert biased["bq"] == PartitionSpec("layers", "q_heads", "head_dim")
+    assert biased["bk"] == biased["bv"] == PartitionSpec("layers", "kv_heads", "head_dim")
 
     # Spot checks against the published layout.
     cfg = tiny_cfg()
@@ -390,6 +490,8 @@ def test_logical_axis_names_match_shapes_and_rules():
     ("llama2_7b", 6.74e9),       # Llama 2 7B (6,738,415,616)
     ("llama3_1b", 1.236e9),      # Llama 3.2 1B, tied embeddings (1,235,814,400)
     ("smollm2_135m", 134.5e6),   # SmolLM2-135M, tied embeddings (134,515,008)
+    ("mistral_7b", 7.24e9),      # Mistral 7B v0.1 (7,241,732,096)
+    ("qwen2_0_5b", 494.0e6),     # Qwen2-0.5B, q/k/v biases, tied embeddings (494,032,768)
 ])
 def test_preset_sizes(name, published):
     cfg = preset(name)
@@ -406,9 +508,18 @@ def test_exact_published_counts():
     assert preset("llama2_7b").num_params == 6_738_415_616
     assert preset("llama3_1b").num_params == 1_235_814_400
     assert preset("smollm2_135m").num_params == 134_515_008
+    assert preset("mistral_7b").num_params == 7_241_732_096
+    assert preset("qwen2_0_5b").num_params == 494_032_768
 
 
 # ----------------------------------------------------------------------------- config errors
+
+
+def test_variant_fields_are_validated():
+    with pytest.raises(ValueError, match=r"model\.sliding_window"):
+        tiny_cfg(sliding_window=-1)
+    with pytest.raises(ValueError, match=r"model\.attn_bias"):
+        tiny_cfg(attn_bias=1)
 
 
 def test_heads_not_divisible_by_kv_heads():
