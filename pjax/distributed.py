@@ -126,3 +126,17 @@ class PreemptionWatch:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+def broadcast_string(text: str) -> str:
+    """Process 0's `text` on every process (as is with one process)."""
+    if jax.process_count() == 1:
+        return text
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = np.zeros(256, np.uint8)
+    raw = text.encode()[:256]
+    data[:len(raw)] = np.frombuffer(raw, np.uint8)
+    out = np.asarray(multihost_utils.broadcast_one_to_all(data))
+    return bytes(out[out > 0]).decode()

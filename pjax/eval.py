@@ -29,7 +29,7 @@ def completion_logps(model_def: ModelDef, params: Any, tokens: jax.Array, mask: 
 
 
 def sample(model_def: ModelDef, params: Any, prompts: dict[str, np.ndarray], *, seed: int, max_new_tokens: int,
-           eos_id: int, pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> dict:
+           eos_id: int | tuple[int, ...], pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> dict:
     """Sample one completion per (left-padded) prompt; numpy outputs."""
     out = generate.generate(model_def, params, jnp.asarray(prompts["tokens"]), jnp.asarray(prompts["mask"]),
                             jax.random.key(seed), max_new_tokens=max_new_tokens, eos_id=eos_id,
@@ -66,7 +66,7 @@ def compare_policies(model_def: ModelDef, policy: Any, reference: Any, *, tokeni
 
     Both sample at temperature 1 (the distributions themselves), which the KL estimate requires.
     """
-    kw = dict(seed=seed, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    kw = dict(seed=seed, max_new_tokens=max_new_tokens, eos_id=tuple(tokenizer.stop_ids), pad_id=tokenizer.pad_id)
     ref_samples = sample(model_def, reference, prompts, **kw)
     pol_samples = sample(model_def, policy, prompts, **kw)
     ref_text, pol_text = decode_completions(tokenizer, ref_samples), decode_completions(tokenizer, pol_samples)

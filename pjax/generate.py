@@ -43,9 +43,10 @@ def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
 @functools.partial(jax.jit, static_argnames=("model_def", "max_new_tokens", "eos_id", "pad_id",
                                              "temperature", "top_k", "top_p"))
 def generate(model_def: ModelDef, params: Any, prompt_tokens: Array, prompt_mask: Array, rng: Array, *,
-             max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0) -> dict[str, Array]:
-    """Sample continuations of left-padded prompts.
+             max_new_tokens: int, eos_id: int | tuple[int, ...], pad_id: int, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0) -> dict[str, Array]:
+    """Sample continuations of left-padded prompts; a row ends at `eos_id` (or any of several, e.g. a
+    tokenizer's `stop_ids`: Llama 3's <|eot_id|> as well as <|end_of_text|>).
 
     Returns `tokens`/`mask` `[B, P + N]` (prompt then completion), `completion_mask` `[B, P + N]`,
     `completion` `[B, N]`, `logprobs` `[B, N]` (0 after the end), and `lengths` `[B]` (EOS included).
@@ -57,6 +58,7 @@ def generate(model_def: ModelDef, params: Any, prompt_tokens: Array, prompt_mask
     chex.assert_equal_shape((prompt_tokens, prompt_mask))
     B, P = prompt_tokens.shape
     N = max_new_tokens
+    stop = (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
     model = model_def.module(params)
     kernel = model.head_kernel()
     greedy = temperature == 0.0
@@ -88,7 +90,7 @@ def generate(model_def: ModelDef, params: Any, prompt_tokens: Array, prompt_mask
         logps = jax.lax.dynamic_update_slice_in_dim(logps, logp[:, None], i, axis=1)
         key_mask = jax.lax.dynamic_update_slice_in_dim(key_mask, (~done).astype(jnp.int32)[:, None], P + i, axis=1)
         hidden, cache = model(token[:, None], (next_position + i)[:, None], key_mask, cache, P + i)
-        done = done | (token == eos_id)
+        done = done | jnp.isin(token, jnp.asarray(stop, jnp.int32))
         return i + 1, cache, hidden[:, 0], key_mask, out, logps, done, rng
 
     carry = (jnp.int32(0), cache, hidden[:, -1], key_mask, jnp.full((B, N), pad_id, jnp.int32),

@@ -109,6 +109,9 @@ def validate(config: ConfigDict) -> None:
         raise ValueError(f"data.packing=True packs SFT sequences; {chosen} trains on data shape {kind}")
     if config.data.path and not config.data.tokenizer and config.data.chat_template:
         raise ValueError("data.chat_template is set but data.tokenizer is not: name the tokenizer the template is for")
+    if config.init_from and config.import_from:
+        raise ValueError(f"init_from={config.init_from!r} and import_from={config.import_from!r} are both set: a "
+                         "phase starts from a parent export or from an imported checkpoint; clear one")
     for key, value in (("import_from", config.import_from), ("data.tokenizer", config.data.tokenizer),
                        ("data.path", config.data.path)):
         if value and not value.startswith(("tfds:", "hf:")) and not Path(value).expanduser().exists():
@@ -402,9 +405,10 @@ def load_data(config: ConfigDict) -> Data:
         if d.packing:
             arrays = pipeline.pack_sequences(arrays, config.seed)
         return Data(tok, arrays, heldout, _hash_arrays(arrays), None, task)
-    key = pipeline.fingerprint("v1", source_identity(d.path), d.split, d.format, kind, d.max_len, d.max_prompt_tokens,
-                               d.num_heldout, d.bad_rows, d.packing, config.seed, tokenizer_identity(config),
-                               d.chat_template)
+    key = pipeline.fingerprint("v1", source_identity(d.path), d.split, d.format, d.tfds_data_dir, kind, d.max_len,
+                               d.max_prompt_tokens, d.num_heldout, d.bad_rows, d.packing, config.seed,
+                               tokenizer_identity(config), d.chat_template)
+    key = distributed.broadcast_string(key)  # process 0's: hosts may see other mount points or times
     def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         from pjax.data import sources
 
@@ -428,7 +432,10 @@ def load_data(config: ConfigDict) -> Data:
             bad.check(d.bad_rows)
         return arrays, {"bad_rows": bad.to_dict() if bad.total else None}
 
-    cache = Path(d.cache_dir or synthetic_config(config).cache_dir).expanduser() / "encoded"
+    # every host reads the cache: by default beside the workdir when there are several (a shared filesystem)
+    default = Path(config.workdir).expanduser().resolve().parent / ".pjax-data" if jax.process_count() > 1 else \
+        Path(synthetic_config(config).cache_dir).expanduser()
+    cache = (Path(d.cache_dir).expanduser() if d.cache_dir else default) / "encoded"
     stored, meta = pipeline.encoded_cache(cache, key, build)
     arrays = {k: v for k, v in stored.items() if not k.startswith("heldout.")}
     heldout = {k.split(".", 1)[1]: v for k, v in stored.items() if k.startswith("heldout.")} or None
@@ -461,17 +468,25 @@ def source_identity(spec: str) -> list[Any]:
     if not path.exists():
         return [spec]
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return [str(path.resolve())] + [(str(p.relative_to(path)) if p != path else "", p.stat().st_size,
-                                     p.stat().st_mtime_ns) for p in files]
+    return [path.name] + [(str(p.relative_to(path)) if p != path else "", p.stat().st_size,
+                           p.stat().st_mtime_ns) for p in files]
 
 
 def tokenizer_identity(config: ConfigDict) -> list[Any]:
+    """The tokenizer's files (with a `tokenizer.json`, the configuration files read beside it)."""
     path = Path(config.data.tokenizer).expanduser()
     if not config.data.tokenizer:
         return ["synthetic", config.data.sp_vocab_size]
-    files = [path] if path.is_file() else sorted(p for p in path.glob("*") if p.is_file() and p.suffix in
-                                                 (".json", ".model", ".jinja"))
-    return [str(path.resolve())] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    folder = path.parent if path.suffix == ".json" else path
+    files = [path] if path.is_file() and path.suffix != ".json" else sorted(
+        p for p in folder.glob("*") if p.is_file() and p.suffix in (".json", ".model", ".jinja"))
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def pipeline_fingerprint(*parts: Any) -> str:
+    from pjax.data import pipeline
+
+    return pipeline.fingerprint(*parts)
 
 
 def _hash_arrays(arrays: dict[str, np.ndarray]) -> str:
@@ -489,11 +504,8 @@ def reference_cache_path(config: ConfigDict, arrays: dict[str, np.ndarray]) -> P
     reference_id = (meta["export_id"] if meta else json.dumps(source_identity(config.import_from))
                     if config.import_from else f"fresh-init:{config.seed}")
     model = json.dumps(dataclasses.asdict(model_config(config)), sort_keys=True)  # dtype included
-    digest = hashlib.sha256(f"{reference_id}|{model}|{config.train.logprob_chunk}".encode())
-    for key in sorted(arrays):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return Path(synthetic_config(config).cache_dir).expanduser() / f"ref-logps-{digest.hexdigest()[:20]}.npz"
+    digest = pipeline_fingerprint(reference_id, model, config.train.logprob_chunk, _hash_arrays(arrays))
+    return Path(synthetic_config(config).cache_dir).expanduser() / f"ref-logps-{digest[:20]}.npz"
 
 
 def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -606,7 +618,7 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     position = data_position(config, data)  # of the encoded rows, before any reference columns
     if saved_position is not None:
         check_data_position(saved_position, position, str(ckpts.directory))
-    ref_params = None
+    ref_params = ref_scores = None
     if needs_reference:
         if config.init_from:
             ref_params = checkpoint.load_params(config.init_from, setup.abstract_state["params"])
@@ -618,16 +630,19 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
             ref_params = jax.tree.map(jnp.copy, state["params"]) if source == "fresh" else \
                 setup.init_state(config.seed)["params"]
             log.warning("reference: no init_from; using the fresh initial params as the reference")
+        if data.heldout is not None:  # before a precomputed reference frees the reference params
+            ref_scores = heldout_scores(setup, ref_params, data.heldout)
         if config.data.precompute_ref:
             arrays = {**arrays, **precomputed_reference(setup, ref_params, arrays)}
             ref_params = None  # the step reads `ref_logps` from the batch: no reference forward
     heldout = {}
     if data.heldout is not None and int(jax.device_get(state["step"])) == 0:
-        heldout["before"] = heldout_metrics(setup, state["params"], ref_params, data.heldout)
+        heldout["before"] = heldout_metrics(config, heldout_scores(setup, state["params"], data.heldout), ref_scores)
     summary = train_loop(setup, state, ref_params, arrays, ckpts, workdir, source, position, preemption,
                          saved_position)
     if data.heldout is not None and not summary["preempted"]:
-        heldout["after"] = heldout_metrics(setup, summary.pop("params"), ref_params, data.heldout)
+        heldout["after"] = heldout_metrics(config, heldout_scores(setup, summary.pop("params"), data.heldout),
+                                           ref_scores)
         summary["heldout"] = heldout
         log.info("held-out (%d rows): %s", len(data.heldout["tokens"]), json.dumps(heldout))
         if distributed.is_leader():
@@ -661,37 +676,39 @@ def import_params(setup: Setup, path: str) -> Any:
     return loader(source, setup.model_def, setup.param_shardings)
 
 
-def heldout_metrics(setup: Setup, params: Any, ref_params: Any, heldout: dict[str, np.ndarray]) -> dict[str, float]:
-    """Figures on the held-out rows (`data.num_heldout`) of pairs: how often the chosen completion gets
-    the higher summed log-prob (`logp_accuracy`), with a reference the higher implicit reward
-    rho = log pi/pi_ref (`implicit_reward_accuracy`, ties count half, so 0.5 at the start) and the
-    mean beta * (rho_chosen - rho_rejected); for a reward model, how often r_chosen > r_rejected."""
+def heldout_scores(setup: Setup, params: Any, heldout: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Per-pair scores `[N, 2]` of held-out pairs (`data.num_heldout`): summed completion log-probs, or
+    a reward model's rewards. None for data that are not pairs."""
     if heldout["tokens"].ndim != 3 or heldout["tokens"].shape[1] != 2:
-        return {}
+        return None
     config, model_def = setup.config, setup.model_def
     bs, n = config.train.batch_size, len(heldout["tokens"])
-
-    def scores(p):
-        if config.phase == "rm":
-            fn = lambda p, t, m, c: models.sequence_rewards(model_def, p, t, m)  # noqa: E731
-        else:
-            fn = lambda p, t, m, c: (models.sequence_token_logprobs(  # noqa: E731
-                model_def, p, t, m, chunk_size=config.train.logprob_chunk) * c[..., 1:]).sum(-1)
-        jitted = jax.jit(fn, out_shardings=NamedSharding(setup.mesh, PartitionSpec()))
-        parts = []
-        for i in range(0, n, bs):
-            idx = np.arange(i, i + bs) % n  # the last batch wraps around; its extra rows are dropped
-            batch = setup.device_batch({k: np.asarray(heldout[k][idx]) for k in ("tokens", "mask", "completion_mask")})
-            parts.append(np.asarray(jax.device_get(jitted(p, batch["tokens"], batch["mask"], batch["completion_mask"]))))
-        return np.concatenate(parts)[:n]
-
-    s = scores(params)
     if config.phase == "rm":
-        return {"reward_accuracy": float(np.mean(s[:, 0] > s[:, 1]))}
-    out = {"logp_accuracy": float(np.mean(s[:, 0] > s[:, 1]))}
-    if ref_params is not None:
-        rho = s - scores(ref_params)
-        margin = rho[:, 0] - rho[:, 1]
+        fn = lambda p, t, m, c: models.sequence_rewards(model_def, p, t, m)  # noqa: E731
+    else:
+        fn = lambda p, t, m, c: (models.sequence_token_logprobs(  # noqa: E731
+            model_def, p, t, m, chunk_size=config.train.logprob_chunk) * c[..., 1:]).sum(-1)
+    jitted = jax.jit(fn, out_shardings=NamedSharding(setup.mesh, PartitionSpec()))
+    parts = []
+    for i in range(0, n, bs):
+        idx = np.arange(i, i + bs) % n  # the last batch wraps around; its extra rows are dropped
+        batch = setup.device_batch({k: np.asarray(heldout[k][idx]) for k in ("tokens", "mask", "completion_mask")})
+        parts.append(np.asarray(jax.device_get(jitted(params, batch["tokens"], batch["mask"], batch["completion_mask"]))))
+    return np.concatenate(parts)[:n]
+
+
+def heldout_metrics(config: ConfigDict, scores: np.ndarray | None, ref_scores: np.ndarray | None) -> dict[str, float]:
+    """Held-out figures from `heldout_scores`: how often the chosen completion gets the higher summed
+    log-prob (`logp_accuracy`); with the reference's scores, how often it gets the higher implicit
+    reward rho = log pi/pi_ref (`implicit_reward_accuracy`, ties count half, so 0.5 at the start) and
+    the mean beta * (rho_chosen - rho_rejected); for a reward model, how often r_chosen > r_rejected."""
+    if scores is None:
+        return {}
+    if config.phase == "rm":
+        return {"reward_accuracy": float(np.mean(scores[:, 0] > scores[:, 1]))}
+    out = {"logp_accuracy": float(np.mean(scores[:, 0] > scores[:, 1]))}
+    if ref_scores is not None:
+        margin = (scores - ref_scores) @ np.array([1.0, -1.0])
         out["implicit_reward_accuracy"] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
         out["reward_margin"] = float(config.loss.beta * margin.mean())
     return out

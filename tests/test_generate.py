@@ -104,3 +104,20 @@ def test_sampling_follows_the_temperature_distribution(tiny_model):
     probs = np.asarray(jax.nn.softmax((hidden[0, -1] @ model.head_kernel()) / 0.5))
     counts = np.bincount(np.asarray(out["completion"][:, 0]), minlength=probs.size) / n
     assert np.abs(counts - probs).max() < 4 * np.sqrt(probs.max() / n) + 1e-3
+
+
+def test_rows_stop_at_any_of_several_stop_ids(tiny_model):
+    """`eos_id` as a tuple (a tokenizer's `stop_ids`): each row ends at the first of them it emits."""
+    model_def, params = tiny_model
+    tokens, mask = _prompts()
+    free = np.asarray(generate(model_def, params, tokens, mask, jax.random.key(0), max_new_tokens=6, eos_id=-1,
+                               pad_id=0, temperature=1.0)["completion"])
+    stops = (int(free[0, 2]), int(free[1, 1]))  # tokens rows 0 and 1 emit early on
+    out = generate(model_def, params, tokens, mask, jax.random.key(0), max_new_tokens=6, eos_id=stops, pad_id=0,
+                   temperature=1.0)
+    comp, lengths = np.asarray(out["completion"]), np.asarray(out["lengths"])
+    for row in range(comp.shape[0]):
+        hits = np.nonzero(np.isin(free[row], stops))[0]
+        expected = hits[0] + 1 if len(hits) else 6
+        assert lengths[row] == expected and (comp[row, :expected] == free[row, :expected]).all()
+    assert lengths[0] <= 3 and lengths[1] <= 2

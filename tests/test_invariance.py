@@ -110,7 +110,7 @@ def test_gradient_accumulation_equals_one_big_batch(phase, cache_dir):
         assert len({tokens[j::4].sum() for j in range(4)}) > 1  # k=4: micro-batches of unequal tokens
     whole = loss_and_grads(config)
     for k in (2, 4):
-        _assert_same(loss_and_grads(_config(phase, cache_dir, train__grad_accum=k)), whole, rtol=1e-5, atol=1e-7,
+        _assert_same(loss_and_grads(_config(phase, cache_dir, train__grad_accum=k)), whole, rtol=1e-5, atol=3e-7,
                      what=f"{phase} grad_accum={k}")
 
 

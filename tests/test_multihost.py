@@ -14,18 +14,29 @@ from tests.procs import (free_port, losses, multi_process, run, spawn, tiny_flag
 def test_two_processes_match_one_process_for_sft_and_dpo(tmp_path):
     """Same global batches, same mesh shape (1, 8, 1): the loss trajectories agree to float32 rounding
     (the reductions are ordered differently across processes). Each process feeds only its own rows
-    (`Setup.local_rows`); a process feeding the wrong rows would change the losses."""
+    (`Setup.local_rows`); a process feeding the wrong rows would change the losses. DPO reads a JSONL
+    file: process 0 encodes it into the memory-mapped cache, which process 1 then reads."""
+    import json
+
+    from pjax.data import synthetic
+
     cache, steps = tmp_path / "cache", 6
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in synthetic.preference_records(
+        synthetic.SyntheticConfig(num_pairs=64, cache_dir=str(cache)), "PAIR")))
     for phase, config in (("sft", "sft_tiny.py"), ("dpo", "dpo_tiny.py")):
         one, two = tmp_path / f"one_{phase}", tmp_path / f"two_{phase}"
+        data = {} if phase == "sft" else {"data__path": pairs}
         parent = {} if phase == "sft" else {"init_from": tmp_path / "one_sft" / "export"}
-        run(train_command(config, tiny_flags(one, cache, steps, distributed__cpu_devices=8, **parent)),
+        run(train_command(config, tiny_flags(one, cache, steps, distributed__cpu_devices=8, **parent, **data)),
             tmp_path / f"one_{phase}.log")
         # the two-process DPO reads precomputed reference log-probs (one pass, gathered on every host);
-        # the one-process DPO runs the reference forward in the step: both must give the same losses
-        parent = {} if phase == "sft" else {"init_from": tmp_path / "two_sft" / "export", "data__precompute_ref": True}
+        # the one-process DPO runs the reference forward in the step: both must give the same losses.
+        # Its own data cache: the two processes encode the file afresh.
+        parent = {} if phase == "sft" else {"init_from": tmp_path / "two_sft" / "export", "data__precompute_ref": True,
+                                            "data__cache_dir": tmp_path / "cache_two"}
         logs = [tmp_path / f"two_{phase}_{i}.log" for i in range(2)]
-        wait_all(multi_process(config, tiny_flags(two, cache, steps, **parent), logs, 4), logs)
+        wait_all(multi_process(config, tiny_flags(two, cache, steps, **{**data, **parent}), logs, 4), logs)
         expected, got = losses(one), losses(two)
         assert sorted(got) == list(range(1, steps + 1)) == sorted(expected)
         np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)],
@@ -33,6 +44,8 @@ def test_two_processes_match_one_process_for_sft_and_dpo(tmp_path):
         assert (two / "export" / "pjax.json").exists()
         leader, other = (log.read_text() for log in logs)
         assert "INFO [0] pjax: exported params" in leader  # multi-process lines carry the process index
+        if phase == "dpo":
+            assert "INFO [0] pjax: data: encoded 64 rows" in leader
         assert "[1] pjax" not in other and '"final"' not in other  # process 1 neither logs nor prints
 
 

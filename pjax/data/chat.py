@@ -194,6 +194,12 @@ def encode_example(tok: Tokenizer, prompt: str | Sequence[dict], completion: str
                          f"(conversational), got {type(prompt).__name__} and {type(completion).__name__}")
     template = resolve_template(tok, "") if template is None else template
     prompt, completion = _check_messages(prompt, "prompt"), _check_messages(completion, "completion")
+    if not prompt:  # language modelling: the whole conversation is the completion
+        if not completion:
+            raise ValueError("an empty conversation has no tokens")
+        full_ids = _with_bos(tok, tok.encode(render(template, completion, **_specials(tok))))
+        head = [tok.bos_id] if tok.add_bos and full_ids[:1] == [tok.bos_id] else []
+        return head, full_ids[len(head):], True
     prompt_text = render(template, prompt, add_generation_prompt=True, **_specials(tok))
     prompt_ids = _with_bos(tok, tok.encode(prompt_text))
     if not completion:
@@ -206,7 +212,7 @@ def encode_example(tok: Tokenizer, prompt: str | Sequence[dict], completion: str
     elif full_text.startswith(prompt_text):
         completion_ids = tok.encode(full_text[len(prompt_text):])
     else:
-        raise ValueError("chat template is not prefix-consistent: the prompt rendered with "
+        raise ChatTemplateError("chat template is not prefix-consistent: the prompt rendered with "
                          "add_generation_prompt=True is not a prefix of the rendered full conversation "
                          f"(prompt text ends {prompt_text[-40:]!r}, full text there reads "
                          f"{full_text[max(0, len(prompt_text) - 40):len(prompt_text)]!r})")

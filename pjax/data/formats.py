@@ -69,6 +69,7 @@ REASONS = (
     "wrong_type",
     "unsupported",
     "prompt_too_long",
+    "template_error",
 )
 FORMATS = ("auto", "trl", "hh")
 POLICIES = ("fail", "skip")

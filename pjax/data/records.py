@@ -21,17 +21,12 @@ from typing import Sequence
 import numpy as np
 
 from pjax.data import batching
-from pjax.data.formats import BadRow
+from pjax.data.chat import ChatTemplateError
+from pjax.data.formats import KINDS, BadRow
 
 log = logging.getLogger("pjax")
 
-FIELDS = {
-    "SEQ": ("prompt", "completion"),
-    "PAIR": ("prompt", "chosen", "rejected"),
-    "STEP": ("prompt", "prefix", "chosen", "rejected"),
-    "UNP": ("prompt", "completion", "label"),
-    "LIST": ("prompt", "completions", "scores"),
-}
+FIELDS = {kind: fields for kind, fields in KINDS.items() if kind != "PROMPT"}
 
 
 def _example(row: dict, kind: str):
@@ -43,7 +38,7 @@ def _example(row: dict, kind: str):
     if kind == "STEP":
         if not (isinstance(row["prompt"], str) and isinstance(row["prefix"], str)):
             raise BadRow("wrong_type", "STEP records need string prompt and prefix")
-        return row["prompt"] + batching._joined(row["prompt"], row["prefix"]), (row["chosen"], row["rejected"])
+        return row["prompt"] + row["prefix"], (row["chosen"], row["rejected"])  # as Step-DPO concatenates
     if kind == "LIST":
         return row["prompt"], tuple(row["completions"])
     raise ValueError(f"unknown data shape {kind!r}; expected one of {sorted(FIELDS)}")
@@ -69,8 +64,11 @@ def encode(tok, rows: Sequence[dict], kind: str, max_len: int, *, template: str 
             if k is not None and len(completions) != k:
                 raise BadRow("wrong_type", f"row {number}: {len(completions)} completions; every LIST "
                                                       f"record must have the same number ({k})")
-            parts.append(batching.encode_list(tok, prompt, completions, max_len, number, template=template,
-                                              stats=stats, max_prompt_tokens=max_prompt_tokens))
+            try:
+                parts.append(batching.encode_list(tok, prompt, completions, max_len, number, template=template,
+                                                  stats=stats, max_prompt_tokens=max_prompt_tokens))
+            except ChatTemplateError as e:  # e.g. "roles must alternate": this row's conversation
+                raise BadRow("template_error", f"row {number}: {e}") from e
             kept.append(row)
         except BadRow as e:
             if report is None:

@@ -173,7 +173,7 @@ def sample_prompt(rng: np.random.Generator) -> str:
 
 
 def sample_completion(rng: np.random.Generator) -> str:
-    """A base-model completion of 6-14 words with mixed sentiment.
+    """A base-model completion of 6-14 words with mixed sentiment, with a leading space.
 
     Each completion draws its own positivity ``p ~ U(0, 1)``; each
     adjective slot is neutral with probability 0.25, else positive with
@@ -198,7 +198,7 @@ def sample_completion(rng: np.random.Generator) -> str:
             break
         clause = _choice(rng, fitting)
         words += clause.format(aspect=_choice(rng, ASPECTS), adv=adv(), adj=adj()).split()
-    return " ".join(words)
+    return " " + " ".join(words)  # completions carry their leading space (TRL's convention: prompt + completion)
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:
@@ -317,9 +317,9 @@ def preference_records(cfg: SyntheticConfig, kind: str, *, list_size: int = 4) -
         rows = []
         for _ in range(cfg.num_pairs):
             prompt, words = sample_prompt(rng), sample_completion(rng).split()
-            prefix = " ".join(words[: max(1, len(words) // 2)])
-            a, b = (" ".join(sample_completion(rng).split()[:5]) for _ in range(2))
-            margin = (gold_reward(f"{prefix} {a}") - gold_reward(f"{prefix} {b}")) / cfg.bt_temperature
+            prefix = " " + " ".join(words[: max(1, len(words) // 2)])
+            a, b = (" " + " ".join(sample_completion(rng).split()[:5]) for _ in range(2))
+            margin = (gold_reward(prefix + a) - gold_reward(prefix + b)) / cfg.bt_temperature
             a_wins = rng.random() < 1.0 / (1.0 + math.exp(-margin))
             if rng.random() < cfg.label_noise:
                 a_wins = not a_wins

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import io
 import json
-import mmap
 import os
 import re
-import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -302,6 +300,19 @@ class HFTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tk.token_to_id(token)
 
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `tokenizer.json` and `tokenizer_config.json` (special tokens, BOS policy, chat
+        template) that transformers' `AutoTokenizer.from_pretrained(directory)` loads."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tk.save(str(directory / "tokenizer.json"))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": self.bos_token,
+                  "eos_token": self.eos_token, "pad_token": self._tk.id_to_token(self.pad_id),
+                  "add_bos_token": self.add_bos, "clean_up_tokenization_spaces": False}
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of ``text`` (special-token text maps to its id), optionally wrapped in BOS/EOS."""
         return _wrap(self._tk.encode(text, add_special_tokens=False).ids, self.bos_id, self.eos_id, add_bos, add_eos)
@@ -509,74 +520,14 @@ def gguf_pre_tokenizer(pre: str):
     return pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
-# GGUF metadata value types (gguf.GGUFValueType): fixed-size scalars as struct formats.
-_GGUF_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
 def read_gguf_metadata(path: str | os.PathLike, prefix: str = "") -> dict[str, Any]:
-    """The key/value metadata of a GGUF file (v2/v3, little-endian) whose keys start with ``prefix``
-    (plus ``general.architecture``); other keys are walked over, not decoded. Arrays of strings
-    become lists, numeric arrays tuples.
+    """The metadata of a GGUF file whose keys start with ``prefix`` (plus ``general.architecture``),
+    read by `pjax.models.gguf.read_metadata`."""
+    from pjax.models.gguf import read_metadata
 
-    Only the metadata section is read. (``gguf.GGUFReader`` builds a NumPy view per array element
-    and a table of every tensor, about 3.5 s for a 49k-token vocabulary; this takes ~0.1 s.)
-    """
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != b"GGUF":
-            raise ValueError(f"{path}: not a GGUF file (no GGUF magic)")
-        version, _, n_kv = struct.unpack_from("<IQQ", buf, 4)
-        if version not in (2, 3):
-            hint = " (a big-endian file?)" if version & 0xFFFF == 0 else ""
-            raise ValueError(f"{path}: GGUF version {version} is not supported{hint}; expected 2 or 3")
-        pos, out = 24, {}
-
-        def string(pos: int) -> tuple[bytes, int]:
-            (n,) = struct.unpack_from("<Q", buf, pos)
-            return buf[pos + 8: pos + 8 + n], pos + 8 + n
-
-        try:
-            for _ in range(n_kv):
-                key, pos = string(pos)
-                key = key.decode("utf-8")
-                (vtype,) = struct.unpack_from("<I", buf, pos)
-                pos += 4
-                keep = key.startswith(prefix) or key == "general.architecture"
-                if vtype in _GGUF_SCALAR:
-                    if keep:
-                        (out[key],) = struct.unpack_from(_GGUF_SCALAR[vtype], buf, pos)
-                    pos += struct.calcsize(_GGUF_SCALAR[vtype])
-                elif vtype == _GGUF_STRING:
-                    value, pos = string(pos)
-                    if keep:
-                        out[key] = value.decode("utf-8", errors="replace")
-                elif vtype == _GGUF_ARRAY:
-                    etype, count = struct.unpack_from("<IQ", buf, pos)
-                    pos += 12
-                    if etype in _GGUF_SCALAR:
-                        fmt = _GGUF_SCALAR[etype]
-                        size = struct.calcsize(fmt) * count
-                        if keep:
-                            out[key] = struct.unpack_from(f"<{count}{fmt[1]}", buf, pos)
-                        pos += size
-                    elif etype == _GGUF_STRING:
-                        items = []
-                        for _ in range(count):
-                            value, pos = string(pos)
-                            if keep:
-                                items.append(value.decode("utf-8", errors="replace"))
-                        if keep:
-                            out[key] = items
-                    else:
-                        raise ValueError(f"{path}: metadata key {key!r} is an array of type {etype}, not supported")
-                else:
-                    raise ValueError(f"{path}: metadata key {key!r} has unknown value type {vtype}")
-        except struct.error as e:
-            raise ValueError(f"{path}: truncated GGUF metadata ({e})") from e
-    return out
+    return {k: v for k, v in read_metadata(path).items() if k.startswith(prefix) or k == "general.architecture"}
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:

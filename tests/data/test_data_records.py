@@ -37,18 +37,18 @@ def test_synthetic_records_round_trip_through_jsonl(tmp_path, task, kind):
         # each of the K rows scores its own completion
         for j in range(3):
             ids = arrays["tokens"][0, j][arrays["completion_mask"][0, j] > 0]
-            assert task.tokenizer.decode(ids.tolist()) == rows[0]["completions"][j]
+            assert task.tokenizer.decode(ids.tolist()) == rows[0]["completions"][j].strip()
     if kind == "UNP":
         assert arrays["labels"].tolist() == [int(r["label"]) for r in rows]
         # KTO's mismatched rows: prompt i with completion i-1
         ids = arrays["kl_tokens"][1][arrays["kl_completion_mask"][1] > 0]
-        assert task.tokenizer.decode(ids.tolist()) == rows[0]["completion"]
+        assert task.tokenizer.decode(ids.tolist()) == rows[0]["completion"].strip()
     if kind == "STEP":
         # only the step is scored; the shared prefix is context
         ids = arrays["tokens"][0, 0][arrays["completion_mask"][0, 0] > 0]
-        assert task.tokenizer.decode(ids.tolist()) == rows[0]["chosen"]
+        assert task.tokenizer.decode(ids.tolist()) == rows[0]["chosen"].strip()
         context = arrays["tokens"][0, 0][(arrays["mask"][0, 0] - arrays["completion_mask"][0, 0]) > 0]
-        assert task.tokenizer.decode(context.tolist()).endswith(rows[0]["prefix"])
+        assert task.tokenizer.decode(context.tolist()).endswith(rows[0]["prefix"].strip())
 
 
 def test_synthetic_labels_follow_the_gold_reward(tmp_path):
@@ -56,8 +56,8 @@ def test_synthetic_labels_follow_the_gold_reward(tmp_path):
     unp = synthetic.preference_records(cfg, "UNP")
     assert all(r["label"] == (synthetic.gold_reward(r["completion"]) > 0) for r in unp)
     steps = synthetic.preference_records(cfg, "STEP")
-    gaps = np.array([synthetic.gold_reward(f"{r['prefix']} {r['chosen']}")
-                     - synthetic.gold_reward(f"{r['prefix']} {r['rejected']}") for r in steps])
+    gaps = np.array([synthetic.gold_reward(r["prefix"] + r["chosen"])
+                     - synthetic.gold_reward(r["prefix"] + r["rejected"]) for r in steps])
     assert np.mean(gaps[gaps != 0] > 0) > 0.6  # Bradley-Terry labels favour the better step
 
 

