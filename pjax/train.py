@@ -105,6 +105,9 @@ def validate(config: ConfigDict) -> None:
     for key in ("num_heldout", "max_prompt_tokens"):
         if config.data[key] < 0:
             raise ValueError(f"data.{key}={config.data[key]} must be >= 0")
+    if config.data.num_heldout and not config.data.path:
+        raise ValueError(f"data.num_heldout={config.data.num_heldout} holds rows of data.path out, which is not set "
+                         "(the synthetic task's held-out split is data.num_heldout_pairs)")
     if config.data.packing and kind != "SEQ":
         raise ValueError(f"data.packing=True packs SFT sequences; {chosen} trains on data shape {kind}")
     if config.data.path and not config.data.tokenizer and config.data.chat_template:
@@ -637,7 +640,9 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
             ref_params = None  # the step reads `ref_logps` from the batch: no reference forward
     heldout = {}
     if data.heldout is not None and int(jax.device_get(state["step"])) == 0:
-        heldout["before"] = heldout_metrics(config, heldout_scores(setup, state["params"], data.heldout), ref_scores)
+        # at step 0 the policy is its reference (same source) whenever there is one: one pass, not two
+        before = ref_scores if ref_scores is not None else heldout_scores(setup, state["params"], data.heldout)
+        heldout["before"] = heldout_metrics(config, before, ref_scores)
     summary = train_loop(setup, state, ref_params, arrays, ckpts, workdir, source, position, preemption,
                          saved_position)
     if data.heldout is not None and not summary["preempted"]:
@@ -677,17 +682,21 @@ def import_params(setup: Setup, path: str) -> Any:
 
 
 def heldout_scores(setup: Setup, params: Any, heldout: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Per-pair scores `[N, 2]` of held-out pairs (`data.num_heldout`): summed completion log-probs, or
-    a reward model's rewards. None for data that are not pairs."""
-    if heldout["tokens"].ndim != 3 or heldout["tokens"].shape[1] != 2:
+    """Scores of the held-out rows (`data.num_heldout`): for pairs `[N, 2]` summed completion log-probs
+    (or a reward model's rewards); for single sequences `[N, 2]` their summed log-prob and scored
+    tokens. None for lists."""
+    pairs = heldout["tokens"].ndim == 3 and heldout["tokens"].shape[1] == 2
+    if not pairs and heldout["tokens"].ndim != 2:
         return None
     config, model_def = setup.config, setup.model_def
     bs, n = config.train.batch_size, len(heldout["tokens"])
     if config.phase == "rm":
         fn = lambda p, t, m, c: models.sequence_rewards(model_def, p, t, m)  # noqa: E731
     else:
-        fn = lambda p, t, m, c: (models.sequence_token_logprobs(  # noqa: E731
-            model_def, p, t, m, chunk_size=config.train.logprob_chunk) * c[..., 1:]).sum(-1)
+        def fn(p, t, m, c):
+            lp = (models.sequence_token_logprobs(model_def, p, t, m, chunk_size=config.train.logprob_chunk)
+                  * c[..., 1:]).sum(-1)
+            return lp if pairs else jnp.stack([lp, c[..., 1:].sum(-1).astype(jnp.float32)], -1)
     jitted = jax.jit(fn, out_shardings=NamedSharding(setup.mesh, PartitionSpec()))
     parts = []
     for i in range(0, n, bs):
@@ -701,9 +710,12 @@ def heldout_metrics(config: ConfigDict, scores: np.ndarray | None, ref_scores: n
     """Held-out figures from `heldout_scores`: how often the chosen completion gets the higher summed
     log-prob (`logp_accuracy`); with the reference's scores, how often it gets the higher implicit
     reward rho = log pi/pi_ref (`implicit_reward_accuracy`, ties count half, so 0.5 at the start) and
-    the mean beta * (rho_chosen - rho_rejected); for a reward model, how often r_chosen > r_rejected."""
+    the mean beta * (rho_chosen - rho_rejected); for a reward model, how often r_chosen > r_rejected;
+    for single sequences (SFT), the token-mean negative log-likelihood of the completions."""
     if scores is None:
         return {}
+    if losses.data_kind(config.loss) in ("SEQ", "UNP"):
+        return {"nll": float(-scores[:, 0].sum() / max(scores[:, 1].sum(), 1.0))}
     if config.phase == "rm":
         return {"reward_accuracy": float(np.mean(scores[:, 0] > scores[:, 1]))}
     out = {"logp_accuracy": float(np.mean(scores[:, 0] > scores[:, 1]))}

@@ -275,7 +275,29 @@ def test_trl_conversational_data_with_heldout_and_bad_rows(tiny_configs, tmp_pat
         train.run(dpo)
     assert "identical_pair: 1 (lines 6)" in str(failed.value) and "not_json: 1 (lines 10)" in str(failed.value)
     dpo.data.bad_rows = "skip"
+    dpo.data.precompute_ref = True  # the held-out reference scores come first, then the reference is freed
     out = train.run(dpo)
     assert out["bad_rows"]["counts"] == {"not_json": 1, "identical_pair": 1}
     assert out["heldout"]["before"]["implicit_reward_accuracy"] == 0.5
     assert set(out["heldout"]["after"]) == {"logp_accuracy", "implicit_reward_accuracy", "reward_margin"}
+
+
+def test_sft_from_a_file_reports_heldout_nll(tiny_configs, tmp_path):
+    """Prompt-completion rows from a Parquet file; `data.num_heldout` rows are held out and their
+    completion NLL falls with training."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pjax.data import synthetic
+
+    sft, _ = tiny_configs
+    task = synthetic.build_task(synthetic.SyntheticConfig(num_sft=200, cache_dir=sft.data.cache_dir))
+    path = tmp_path / "sft.parquet"
+    pq.write_table(pa.table({"prompt": [p for p, _ in task.sft], "completion": [c for _, c in task.sft]}), path)
+    sft.data.path, sft.data.num_heldout, sft.train.steps = str(path), 16, 8
+    out = train.run(sft)
+    before, after = out["heldout"]["before"]["nll"], out["heldout"]["after"]["nll"]
+    assert np.log(sft.model.vocab_size) * 0.9 < before and after < before - 0.5
+    sft.data.path, sft.workdir = "", str(tmp_path / "synthetic")
+    with pytest.raises(ValueError, match="data.num_heldout=16 holds rows of data.path out"):
+        train.run(sft)
