@@ -222,15 +222,16 @@ def load_params(directory: str | os.PathLike, abstract_params: Any) -> Any:
         ckpt.close()
 
 
-def check_model_matches(export_dir: str | os.PathLike, model: dict[str, Any]) -> None:
-    """Fail clearly if an export was made with a different model shape than the config asks for."""
+def check_model_matches(export_dir: str | os.PathLike, model: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
+    """Fail clearly if an export was made with a different model shape than the config asks for
+    (`ignore`: fields allowed to differ, e.g. the head of a reward model started from an SFT export)."""
     meta = export_metadata(export_dir)
     if meta is None:
         raise FileNotFoundError(f"init_from={str(export_dir)!r}: no finished export there "
                                 f"(expected {EXPORT_METADATA} and params/)")
     theirs = meta.get("model", {})
     diff = {k: (theirs.get(k), v) for k, v in model.items()
-            if k in theirs and k not in ("remat", "scan_layers", "dtype") and _norm(theirs[k]) != _norm(v)}
+            if k in theirs and k not in ("remat", "scan_layers", "dtype", *ignore) and _norm(theirs[k]) != _norm(v)}
     if diff:
         detail = ", ".join(f"model.{k}: export {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"init_from={str(export_dir)!r} does not match the config: {detail}")
@@ -242,13 +243,15 @@ def _norm(v: Any) -> Any:
 
 def resume(ckpts: PhaseCheckpoints, init_from: str, abstract_state: dict[str, Any],
            fresh: Callable[[], dict[str, Any]], with_params: Callable[[Any], dict[str, Any]],
-           import_from: str = "", imported: Callable[[], Any] | None = None
-           ) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+           import_from: str = "", imported: Callable[[], Any] | None = None,
+           parent: Callable[[], Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """Resume order: own checkpoint (the newest readable one), then the parent export, then an imported
     Hugging Face / GGUF checkpoint (`imported()` loads `import_from`), then fresh init. Returns (state,
     data position or None, source) and says which in the log.
 
-    `fresh()` builds a new sharded state; `with_params(params)` builds one around loaded params.
+    `fresh()` builds a new sharded state; `with_params(params)` builds one around loaded params;
+    `parent()`, when given, loads the parent export's params instead of a plain restore (e.g. a
+    partial restore: the backbone of an SFT export under a fresh reward head).
     """
     restored = ckpts.restore_latest_good(abstract_state)
     if restored is not None:
@@ -257,7 +260,7 @@ def resume(ckpts: PhaseCheckpoints, init_from: str, abstract_state: dict[str, An
         return state, data, f"checkpoint:{step}"
     if init_from:
         log.info("resume: no own checkpoint; initialising from parent export %s", init_from)
-        params = load_params(init_from, abstract_state["params"])
+        params = parent() if parent is not None else load_params(init_from, abstract_state["params"])
         return with_params(params), None, f"export:{init_from}"
     if import_from and imported is not None:
         log.info("resume: no own checkpoint and no parent export; importing %s", import_from)

@@ -611,13 +611,16 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
                                         async_save=config.train.async_checkpoint)
     needs_reference = losses.needs_reference(config.loss)
     has_own = ckpts.latest_step() is not None
+    new_head = config.init_from and _parent_head(config.init_from) != setup.model_def.cfg.head
     if config.init_from and (needs_reference or not has_own):
-        checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg))
+        checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg),
+                                       ignore=("head",) if new_head else ())
     checkpoint.pin_parent(workdir, config.init_from, resuming=has_own)
     imported = (lambda: import_params(setup, config.import_from)) if config.import_from else None
     state, saved_position, source = checkpoint.resume(
         ckpts, config.init_from, setup.abstract_state, fresh=lambda: setup.init_state(config.seed),
-        with_params=setup.state_around, import_from=config.import_from, imported=imported)
+        with_params=setup.state_around, import_from=config.import_from, imported=imported,
+        parent=(lambda: backbone_with_fresh_head(setup, config.init_from)) if new_head else None)
     position = data_position(config, data)  # of the encoded rows, before any reference columns
     if saved_position is not None:
         check_data_position(saved_position, position, str(ckpts.directory))
@@ -656,6 +659,36 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     if data.bad_rows:
         summary["bad_rows"] = data.bad_rows
     return summary
+
+
+def _parent_head(export: str) -> str | None:
+    meta = checkpoint.export_metadata(export)
+    return None if meta is None else meta.get("model", {}).get("head", "lm")
+
+
+def backbone_with_fresh_head(setup: Setup, export: str) -> Any:
+    """A partial restore: the parent export's backbone (embeddings, layers, final norm) under this
+    model's freshly initialised head, e.g. a reward model (`score`) started from an SFT export (whose
+    LM head, when untied, is left out). Placed with the train state's shardings."""
+    meta = checkpoint.export_metadata(export)
+    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+    parent_cfg = LlamaConfig(**{k: tuple(v) if k == "rope_scaling" else v for k, v in meta["model"].items()
+                                if k in fields})
+    parent_def = models.build(parent_cfg)
+    shardings = sharding.tree_shardings(parent_def.logical_specs, parent_def.shapes, setup.mesh, setup.rules)
+    abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), parent_def.shapes,
+                            shardings)
+    parent = checkpoint.load_params(export, abstract)
+    fresh = jax.jit(setup.model_def.init, out_shardings=setup.param_shardings)(jax.random.key(setup.config.seed))
+    heads = ("lm_head", "score")
+    params = {k: v for k, v in parent.items() if k not in heads}
+    params.update({k: v for k, v in fresh.items() if k in heads})
+    if jax.tree.structure(params) != jax.tree.structure(fresh):
+        raise ValueError(f"init_from={export!r}: its parameters {sorted(parent)} do not give this model's "
+                         f"{sorted(fresh)} under a new head")
+    log.info("partial restore: backbone from %s (head %r), fresh %r head", export, parent_cfg.head,
+             setup.model_def.cfg.head)
+    return params
 
 
 def import_params(setup: Setup, path: str) -> Any:

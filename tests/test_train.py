@@ -7,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
-from pjax import train
+from pjax import checkpoint, sharding, train
 from pjax.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,3 +302,32 @@ def test_sft_from_a_file_reports_heldout_nll(tiny_configs, tmp_path):
     sft.data.path, sft.workdir = "", str(tmp_path / "synthetic")
     with pytest.raises(ValueError, match="data.num_heldout=16 holds rows of data.path out"):
         train.run(sft)
+
+
+def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_configs, tmp_path, caplog):
+    """Partial restore: an RM phase from an SFT export takes its embeddings, layers and final norm and
+    a freshly initialised scalar head, then trains."""
+    from configs import rm_tiny
+    from tests.conftest import tiny
+
+    sft, _ = tiny_configs
+    train.run(sft)
+    rm = tiny(rm_tiny.get_config(), tmp_path / "rm", sft.data.cache_dir)
+    rm.init_from = str(Path(sft.workdir) / "export")
+    mesh = sharding.make_mesh(rm.mesh.shape)
+    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(rm.sharding)):
+        setup = train.make_setup(rm, mesh)
+        params = train.backbone_with_fresh_head(setup, rm.init_from)
+    sft_setup = train.make_setup(sft, mesh)
+    exported = checkpoint.load_params(rm.init_from, sft_setup.abstract_state["params"])
+    assert set(params) == {"embed", "layers", "final_norm", "score"} and "score" not in exported
+    for key in ("embed", "layers", "final_norm"):
+        jax.tree.map(np.testing.assert_array_equal, params[key], exported[key])
+    assert float(np.abs(np.asarray(params["score"])).sum()) > 0
+    caplog.set_level(logging.INFO, logger="pjax")
+    out = train.run(rm)
+    assert out["source"] == f"export:{rm.init_from}" and "partial restore: backbone from" in caplog.text
+    assert all(np.isfinite(r["loss"]) for r in out["history"])
+    rm.init_from, rm.workdir = str(Path(sft.workdir)), str(tmp_path / "rm2")  # not an export: named
+    with pytest.raises(FileNotFoundError, match="no finished export"):
+        train.run(rm)
