@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from pjax import checkpoint, distributed, logs, losses, models, sharding
+from pjax.data import pipeline
 from pjax.losses import LossInputs
 from pjax.metrics import MetricWriter
 from pjax.models import llama as presets
@@ -389,7 +390,7 @@ def load_data(config: ConfigDict) -> Data:
     task. File data is encoded once into a cache of memory-mapped arrays (`data.cache_dir`), keyed by
     the source, the tokenizer and every encoding option; each host then reads only its own rows.
     """
-    from pjax.data import pipeline, synthetic
+    from pjax.data import synthetic
 
     d = config.data
     kind = losses.data_kind(config.loss)
@@ -486,12 +487,6 @@ def tokenizer_identity(config: ConfigDict) -> list[Any]:
     return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
-def pipeline_fingerprint(*parts: Any) -> str:
-    from pjax.data import pipeline
-
-    return pipeline.fingerprint(*parts)
-
-
 def _hash_arrays(arrays: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for key in sorted(arrays):
@@ -507,7 +502,7 @@ def reference_cache_path(config: ConfigDict, arrays: dict[str, np.ndarray]) -> P
     reference_id = (meta["export_id"] if meta else json.dumps(source_identity(config.import_from))
                     if config.import_from else f"fresh-init:{config.seed}")
     model = json.dumps(dataclasses.asdict(model_config(config)), sort_keys=True)  # dtype included
-    digest = pipeline_fingerprint(reference_id, model, config.train.logprob_chunk, _hash_arrays(arrays))
+    digest = pipeline.fingerprint(reference_id, model, config.train.logprob_chunk, _hash_arrays(arrays))
     return Path(synthetic_config(config).cache_dir).expanduser() / f"ref-logps-{digest[:20]}.npz"
 
 
@@ -778,8 +773,6 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
     last such point is checked: a non-finite loss or gradient stops the run (naming the step, the
     metric and the last good checkpoint) before anything is saved.
     """
-    from pjax.data import pipeline
-
     config = setup.config
     tc = config.train
     step_fn = TrainStep(setup)
