@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import hashlib
 import logging
 import math
 import os
@@ -408,7 +407,7 @@ def load_data(config: ConfigDict) -> Data:
         arrays, heldout = _encode_split(config, tok, rows, list(range(len(rows))), kind, None), None
         if d.packing:
             arrays = pipeline.pack_sequences(arrays, config.seed)
-        return Data(tok, arrays, heldout, _hash_arrays(arrays), None, task)
+        return Data(tok, arrays, heldout, pipeline.fingerprint(arrays), None, task)
     key = pipeline.fingerprint("v1", source_identity(d.path), d.split, d.format, d.tfds_data_dir, kind, d.max_len,
                                d.max_prompt_tokens, d.num_heldout, d.bad_rows, d.packing, config.seed,
                                tokenizer_identity(config), d.chat_template)
@@ -487,14 +486,6 @@ def tokenizer_identity(config: ConfigDict) -> list[Any]:
     return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
-def _hash_arrays(arrays: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for key in sorted(arrays):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return digest.hexdigest()[:24]
-
-
 def reference_cache_path(config: ConfigDict, arrays: dict[str, np.ndarray]) -> Path:
     """Where precomputed reference log-probs live: in the data cache (`data.cache_dir`), keyed by a hash
     of the reference checkpoint and of the encoded data."""
@@ -502,7 +493,7 @@ def reference_cache_path(config: ConfigDict, arrays: dict[str, np.ndarray]) -> P
     reference_id = (meta["export_id"] if meta else json.dumps(source_identity(config.import_from))
                     if config.import_from else f"fresh-init:{config.seed}")
     model = json.dumps(dataclasses.asdict(model_config(config)), sort_keys=True)  # dtype included
-    digest = pipeline.fingerprint(reference_id, model, config.train.logprob_chunk, _hash_arrays(arrays))
+    digest = pipeline.fingerprint(reference_id, model, config.train.logprob_chunk, arrays)
     return Path(synthetic_config(config).cache_dir).expanduser() / f"ref-logps-{digest[:20]}.npz"
 
 

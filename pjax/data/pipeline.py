@@ -109,10 +109,16 @@ def start_state(step: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- cache
 
 def fingerprint(*parts: Any) -> str:
-    """A short hash of JSON-able parts and files (`Path`s are hashed by content)."""
+    """A short hash of JSON-able parts, files (`Path`s, by content) and dicts of arrays (by name, dtype,
+    shape and bytes)."""
     digest = hashlib.sha256()
     for part in parts:
-        if isinstance(part, Path):
+        if isinstance(part, dict) and part and all(isinstance(v, np.ndarray) for v in part.values()):
+            for key in sorted(part):
+                value = np.ascontiguousarray(part[key])
+                digest.update(f"{key}:{value.dtype}:{value.shape}".encode())
+                digest.update(value.tobytes())
+        elif isinstance(part, Path):
             with open(part, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
