@@ -137,6 +137,15 @@ def get_config() -> ConfigDict:
 
     c.generate = ConfigDict(dict(max_new_tokens=24))  # evaluation samples (at temperature 1, for the KL)
 
+    # Rewards from trained reward models (evaluation, best-of-N, online RL), and the RM phase's statistics.
+    c.reward = ConfigDict(dict(
+        models=(),  # reward-model export directories; several (or model.reward_heads > 1) form an ensemble
+        aggregate="mean",  # ensemble -> one reward: mean | min (worst case, WCO) | uwo (mean - uwo_lambda * var)
+        uwo_lambda=0.5,
+        normalize=True,  # each head's reward standardised with the mean/std its export recorded
+        stats_rows=1024,  # rm phase: training rows whose completions give the recorded reward mean/std
+    ))
+
     c.mesh = ConfigDict(dict(shape=(1, -1, 1)))  # over ('data', 'fsdp', 'tensor'); one -1 takes the rest
     c.sharding = ConfigDict(dict(
         preset="fsdp_tp",  # dp | fsdp | fsdp_tp | sequence (tables in `presets`)

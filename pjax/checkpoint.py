@@ -163,6 +163,9 @@ def export_params(directory: str | os.PathLike, params: Any, metadata: dict[str,
     ckpt.close()
     if jax.process_index() == 0:
         _write_json(directory / EXPORT_METADATA, {**metadata, "export_id": uuid.uuid4().hex})
+    from pjax import distributed
+
+    distributed.barrier("export-metadata")  # every process reads it next (the pipeline, evaluation)
     return directory
 
 
@@ -220,6 +223,31 @@ def load_params(directory: str | os.PathLike, abstract_params: Any) -> Any:
         raise RuntimeError(f"cannot restore params export {path}: {e}") from e
     finally:
         ckpt.close()
+
+
+def export_model_config(directory: str | os.PathLike) -> Any:
+    """The `LlamaConfig` an export was trained with (from its metadata)."""
+    import dataclasses
+
+    from pjax.models.llama import LlamaConfig
+
+    meta = export_metadata(directory)
+    if meta is None:
+        raise FileNotFoundError(f"{str(directory)!r}: no finished pjax export there (no {EXPORT_METADATA} + params/)")
+    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+    return LlamaConfig(**{k: tuple(v) if k == "rope_scaling" else v for k, v in meta["model"].items() if k in fields})
+
+
+def load_export(directory: str | os.PathLike, mesh: jax.sharding.Mesh, rules: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(model_def, params, metadata) of an export, its model built from the metadata and its params
+    placed with the sharding `rules` on `mesh` (evaluation, reward models, partial restores)."""
+    from pjax import models, sharding
+
+    model_def = models.build(export_model_config(directory))
+    shardings = sharding.tree_shardings(model_def.logical_specs, model_def.shapes, mesh, rules)
+    abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), model_def.shapes,
+                            shardings)
+    return model_def, load_params(directory, abstract), export_metadata(directory)
 
 
 def check_model_matches(export_dir: str | os.PathLike, model: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:

@@ -36,8 +36,9 @@ log = logging.getLogger("pjax")
 
 # phase -> the data shapes (of `pjax.losses` objectives) it trains on. `dpo` is the offline
 # preference phase: any objective of the catalogue (pairwise, step-level, unpaired or listwise);
-# `rm` trains a reward model (a scalar head, `model.head='scalar'`) on preference pairs.
-PHASES = {"sft": ("SEQ",), "rm": ("PAIR",), "dpo": ("PAIR", "STEP", "UNP", "LIST")}
+# `rm` trains a reward model (a scalar head, `model.head='scalar'`, `model.reward_heads` of them) on
+# preference pairs (Bradley-Terry), ranked lists (Plackett-Luce) or scored completions (regression).
+PHASES = {"sft": ("SEQ",), "rm": ("PAIR", "LIST", "SCORE"), "dpo": ("PAIR", "STEP", "UNP", "LIST")}
 TRAINS = {"sft": "policy", "rm": "reward", "dpo": "policy"}  # what the phase's objectives read
 
 State = dict[str, Any]
@@ -98,6 +99,10 @@ def validate(config: ConfigDict) -> None:
             raise ValueError(f"{key}={config[key]!r}: object-store URLs are not supported (pjax appends to files, "
                              "renames them atomically, and multi-host checkpoints need one filesystem every host "
                              "sees); mount the bucket (e.g. gcsfuse, see tpu/README.md) and pass the mounted path")
+    if config.reward.aggregate not in losses.AGGREGATIONS:
+        raise ValueError(f"reward.aggregate={config.reward.aggregate!r}: expected one of {losses.AGGREGATIONS}")
+    if config.reward.stats_rows <= 0:
+        raise ValueError(f"reward.stats_rows={config.reward.stats_rows} must be positive")
     if config.data.task != "synthetic":
         raise ValueError(f"data.task={config.data.task!r}: only 'synthetic' is built in (real data: data.path)")
     if config.data.bad_rows not in ("fail", "skip"):
@@ -244,11 +249,26 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
         return jax.lax.stop_gradient(logps(ref_params, batch[f"{prefix}tokens"], batch[f"{prefix}mask"]))
 
     if losses.trains(cfg) == "reward":
+        heads, rc = model_def.cfg.reward_heads, config.reward
+
         def reward_loss_fn(params, ref_params, batch, loss_state):
             rewards = models.sequence_rewards(model_def, params, batch["tokens"], batch["mask"])
-            inputs = LossInputs(rewards=rewards, mask=batch["completion_mask"][..., 1:], state=loss_state)
-            loss, metrics, new_state = losses.combined(inputs, cfg)
-            return loss, (metrics, new_state)
+            inputs = LossInputs(rewards=rewards, mask=batch["completion_mask"][..., 1:], scores=batch.get("scores"),
+                                margins=batch.get("margins"), state=loss_state)
+            if heads == 1:
+                loss, metrics, new_state = losses.combined(inputs, cfg)
+                return loss, (metrics, new_state)
+            # an ensemble of reward heads: each head trained on the objective, the loss their mean;
+            # the metrics are the heads' means (min/max over heads), plus the aggregated reward's accuracy
+            # (of the raw heads: the statistics that standardise them downstream are recorded at the end)
+            per_head = jax.vmap(lambda r: losses.combined(inputs.replace(rewards=r), cfg)[:2], in_axes=-1)
+            loss_e, metrics_e = per_head(rewards)
+            metrics = {k: v.min(0) if k.endswith("/min") else v.max(0) if k.endswith("/max") else v.mean(0)
+                       for k, v in metrics_e.items()}
+            aggregated = losses.aggregate_rewards(rewards, rc.aggregate, rc.uwo_lambda)
+            _, ensemble, _ = losses.combined(inputs.replace(rewards=aggregated), cfg)
+            metrics.update({f"ensemble/{k}": v for k, v in ensemble.items() if k in ("accuracy", "margin")})
+            return loss_e.mean(), (metrics, loss_state)
 
         return reward_loss_fn
 
@@ -506,21 +526,13 @@ def precomputed_reference(setup: Setup, ref_params: Any, arrays: dict[str, np.nd
         log.info("reference: precomputed log-probs from %s", path)
         with np.load(path) as cached:
             return dict(cached)
-    bs = config.train.batch_size
-    fn = jax.jit(lambda p, t, m: models.sequence_token_logprobs(setup.model_def, p, t, m,
-                                                                chunk_size=config.train.logprob_chunk),
-                 out_shardings=NamedSharding(setup.mesh, PartitionSpec()))  # every host gets every row
+    fn = lambda p, t, m: models.sequence_token_logprobs(setup.model_def, p, t, m,  # noqa: E731
+                                                         chunk_size=config.train.logprob_chunk)
     out = {}
     kto = any(o.name == "kto" for o, _ in losses.terms(config.loss))
     for prefix in ("", "kl_") if kto else ("",):
-        tokens, mask = arrays[f"{prefix}tokens"], arrays[f"{prefix}mask"]
-        n = len(tokens)
-        parts = []
-        for i in range(0, n, bs):
-            idx = np.arange(i, i + bs) % n  # the last batch wraps around; its extra rows are dropped
-            batch = setup.device_batch({"tokens": tokens[idx], "mask": mask[idx]})
-            parts.append(np.asarray(jax.device_get(fn(ref_params, batch["tokens"], batch["mask"]))))
-        out[f"{prefix}ref_logps"] = np.concatenate(parts)[:n]
+        rows = {"tokens": arrays[f"{prefix}tokens"], "mask": arrays[f"{prefix}mask"]}
+        out[f"{prefix}ref_logps"] = map_rows(setup, fn, rows, ("tokens", "mask"), ref_params)
     if jax.process_index() == 0:
         _save_npz(path, out)
     log.info("reference: computed log-probs for %d rows, cached at %s", len(arrays["tokens"]), path)
@@ -600,7 +612,7 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     new_head = config.init_from and _parent_head(config.init_from) != setup.model_def.cfg.head
     if config.init_from and (needs_reference or not has_own):
         checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg),
-                                       ignore=("head",) if new_head else ())
+                                       ignore=("head", "reward_heads") if new_head else ())
     checkpoint.pin_parent(workdir, config.init_from, resuming=has_own)
     imported = (lambda: import_params(setup, config.import_from)) if config.import_from else None
     state, saved_position, source = checkpoint.resume(
@@ -631,12 +643,14 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     if data.heldout is not None and int(jax.device_get(state["step"])) == 0:
         # at step 0 the policy is its reference (same source) whenever there is one: one pass, not two
         before = ref_scores if ref_scores is not None else heldout_scores(setup, state["params"], data.heldout)
-        heldout["before"] = heldout_metrics(config, before, ref_scores)
+        heldout["before"] = heldout_metrics(config, before, ref_scores, data.heldout.get("scores"))
+    extra_metadata = (lambda params: {"reward_stats": reward_statistics(setup, params, data.arrays)}) \
+        if config.phase == "rm" else None
     summary = train_loop(setup, state, ref_params, arrays, ckpts, workdir, source, position, preemption,
-                         saved_position)
+                         saved_position, extra_metadata)
     if data.heldout is not None and not summary["preempted"]:
         heldout["after"] = heldout_metrics(config, heldout_scores(setup, summary.pop("params"), data.heldout),
-                                           ref_scores)
+                                           ref_scores, data.heldout.get("scores"))
         summary["heldout"] = heldout
         log.info("held-out (%d rows): %s", len(data.heldout["tokens"]), json.dumps(heldout))
         if distributed.is_leader():
@@ -656,15 +670,7 @@ def backbone_with_fresh_head(setup: Setup, export: str) -> Any:
     """A partial restore: the parent export's backbone (embeddings, layers, final norm) under this
     model's freshly initialised head, e.g. a reward model (`score`) started from an SFT export (whose
     LM head, when untied, is left out). Placed with the train state's shardings."""
-    meta = checkpoint.export_metadata(export)
-    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
-    parent_cfg = LlamaConfig(**{k: tuple(v) if k == "rope_scaling" else v for k, v in meta["model"].items()
-                                if k in fields})
-    parent_def = models.build(parent_cfg)
-    shardings = sharding.tree_shardings(parent_def.logical_specs, parent_def.shapes, setup.mesh, setup.rules)
-    abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), parent_def.shapes,
-                            shardings)
-    parent = checkpoint.load_params(export, abstract)
+    parent_def, parent, _ = checkpoint.load_export(export, setup.mesh, setup.rules)
     fresh = jax.jit(setup.model_def.init, out_shardings=setup.param_shardings)(jax.random.key(setup.config.seed))
     heads = ("lm_head", "score")
     params = {k: v for k, v in parent.items() if k not in heads}
@@ -672,7 +678,7 @@ def backbone_with_fresh_head(setup: Setup, export: str) -> Any:
     if jax.tree.structure(params) != jax.tree.structure(fresh):
         raise ValueError(f"init_from={export!r}: its parameters {sorted(parent)} do not give this model's "
                          f"{sorted(fresh)} under a new head")
-    log.info("partial restore: backbone from %s (head %r), fresh %r head", export, parent_cfg.head,
+    log.info("partial restore: backbone from %s (head %r), fresh %r head", export, parent_def.cfg.head,
              setup.model_def.cfg.head)
     return params
 
@@ -700,49 +706,97 @@ def import_params(setup: Setup, path: str) -> Any:
     return loader(source, setup.model_def, setup.param_shardings)
 
 
-def heldout_scores(setup: Setup, params: Any, heldout: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Scores of the held-out rows (`data.num_heldout`): for pairs `[N, 2]` summed completion log-probs
-    (or a reward model's rewards); for single sequences `[N, 2]` their summed log-prob and scored
-    tokens. None for lists."""
-    pairs = heldout["tokens"].ndim == 3 and heldout["tokens"].shape[1] == 2
-    if not pairs and heldout["tokens"].ndim != 2:
-        return None
-    config, model_def = setup.config, setup.model_def
-    bs, n = config.train.batch_size, len(heldout["tokens"])
-    if config.phase == "rm":
-        fn = lambda p, t, m, c: models.sequence_rewards(model_def, p, t, m)  # noqa: E731
-    else:
-        def fn(p, t, m, c):
-            lp = (models.sequence_token_logprobs(model_def, p, t, m, chunk_size=config.train.logprob_chunk)
-                  * c[..., 1:]).sum(-1)
-            return lp if pairs else jnp.stack([lp, c[..., 1:].sum(-1).astype(jnp.float32)], -1)
+def map_rows(setup: Setup, fn: Callable, arrays: dict[str, np.ndarray], keys: tuple[str, ...],
+             params: Any) -> np.ndarray:
+    """`fn(params, *arrays[keys])` over every row in batches of `train.batch_size` (the last one wraps
+    around, its extra rows dropped), jitted once, every result gathered on every host."""
     jitted = jax.jit(fn, out_shardings=NamedSharding(setup.mesh, PartitionSpec()))
+    bs, n = setup.config.train.batch_size, len(arrays[keys[0]])
     parts = []
     for i in range(0, n, bs):
-        idx = np.arange(i, i + bs) % n  # the last batch wraps around; its extra rows are dropped
-        batch = setup.device_batch({k: np.asarray(heldout[k][idx]) for k in ("tokens", "mask", "completion_mask")})
-        parts.append(np.asarray(jax.device_get(jitted(params, batch["tokens"], batch["mask"], batch["completion_mask"]))))
+        idx = np.arange(i, i + bs) % n
+        batch = setup.device_batch({k: np.asarray(arrays[k][idx]) for k in keys})
+        parts.append(np.asarray(jax.device_get(jitted(params, *(batch[k] for k in keys)))))
     return np.concatenate(parts)[:n]
 
 
-def heldout_metrics(config: ConfigDict, scores: np.ndarray | None, ref_scores: np.ndarray | None) -> dict[str, float]:
+def heldout_scores(setup: Setup, params: Any, heldout: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Scores of the held-out rows (`data.num_heldout`): for pairs `[N, 2]` summed completion log-probs;
+    for single sequences `[N, 2]` their summed log-prob and scored tokens; for a reward model its
+    rewards (`[N, 2]` pairs, `[N, K]` lists, `[N]` scored rows; an ensemble's aggregated with
+    `reward.aggregate`). None for a policy's lists."""
+    config, model_def = setup.config, setup.model_def
+    keys = ("tokens", "mask", "completion_mask")
+    if config.phase == "rm":
+        rc = config.reward
+
+        def rewards(p, t, m, c):
+            r = models.sequence_rewards(model_def, p, t, m)
+            return losses.aggregate_rewards(r, rc.aggregate, rc.uwo_lambda) if model_def.cfg.reward_heads > 1 else r
+
+        return map_rows(setup, rewards, heldout, keys, params)
+    pairs = heldout["tokens"].ndim == 3 and heldout["tokens"].shape[1] == 2
+    if not pairs and heldout["tokens"].ndim != 2:
+        return None
+
+    def fn(p, t, m, c):
+        lp = (models.sequence_token_logprobs(model_def, p, t, m, chunk_size=config.train.logprob_chunk)
+              * c[..., 1:]).sum(-1)
+        return lp if pairs else jnp.stack([lp, c[..., 1:].sum(-1).astype(jnp.float32)], -1)
+
+    return map_rows(setup, fn, heldout, keys, params)
+
+
+def ordered_pair_accuracy(values: np.ndarray, targets: np.ndarray) -> float:
+    """Over all pairs (i, j) within a row of `targets` `[..., K]` with targets_i > targets_j, the fraction
+    with values_i > values_j (ties in values count half)."""
+    better = targets[..., :, None] > targets[..., None, :]
+    right = (values[..., :, None] > values[..., None, :]) + 0.5 * (values[..., :, None] == values[..., None, :])
+    return float((right * better).sum() / max(better.sum(), 1))
+
+
+def heldout_metrics(config: ConfigDict, scores: np.ndarray | None, ref_scores: np.ndarray | None,
+                    targets: np.ndarray | None = None) -> dict[str, float]:
     """Held-out figures from `heldout_scores`: how often the chosen completion gets the higher summed
     log-prob (`logp_accuracy`); with the reference's scores, how often it gets the higher implicit
     reward rho = log pi/pi_ref (`implicit_reward_accuracy`, ties count half, so 0.5 at the start) and
-    the mean beta * (rho_chosen - rho_rejected); for a reward model, how often r_chosen > r_rejected;
+    the mean beta * (rho_chosen - rho_rejected); for a reward model, how often the better completion
+    gets the higher reward (`reward_accuracy`: r_chosen > r_rejected for pairs, every score-ordered pair
+    of a list, every pair of scored rows) and for scored rows the `reward_mse` to the scores (`targets`);
     for single sequences (SFT), the token-mean negative log-likelihood of the completions."""
     if scores is None:
         return {}
-    if losses.data_kind(config.loss) in ("SEQ", "UNP"):
-        return {"nll": float(-scores[:, 0].sum() / max(scores[:, 1].sum(), 1.0))}
+    kind = losses.data_kind(config.loss)
     if config.phase == "rm":
-        return {"reward_accuracy": float(np.mean(scores[:, 0] > scores[:, 1]))}
+        if kind == "PAIR":
+            return {"reward_accuracy": float(np.mean(scores[:, 0] > scores[:, 1]))}
+        out = {"reward_accuracy": ordered_pair_accuracy(scores, targets)}
+        if kind == "SCORE":
+            out["reward_mse"] = float(np.mean((scores - targets) ** 2))
+        return out
+    if kind in ("SEQ", "UNP"):
+        return {"nll": float(-scores[:, 0].sum() / max(scores[:, 1].sum(), 1.0))}
     out = {"logp_accuracy": float(np.mean(scores[:, 0] > scores[:, 1]))}
     if ref_scores is not None:
         margin = (scores - ref_scores) @ np.array([1.0, -1.0])
         out["implicit_reward_accuracy"] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
         out["reward_margin"] = float(config.loss.beta * margin.mean())
     return out
+
+
+def reward_statistics(setup: Setup, params: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Each reward head's mean and std over the completions of up to `reward.stats_rows` training rows
+    (a seeded sample; every completion of a pair or list), recorded in the RM export so that rewards
+    can be standardised downstream (`pjax.rewards`)."""
+    config = setup.config
+    n = len(arrays["tokens"])
+    rows = np.sort(np.random.default_rng(config.seed).permutation(n)[:config.reward.stats_rows])
+    sample = {k: arrays[k][rows] for k in ("tokens", "mask")}
+    rewards = map_rows(setup, lambda p, t, m: models.sequence_rewards(setup.model_def, p, t, m), sample,
+                       ("tokens", "mask"), params)
+    per_head = rewards.reshape(-1, setup.model_def.cfg.reward_heads).astype(np.float64)
+    return {"mean": per_head.mean(0).tolist(), "std": per_head.std(0).tolist(), "rows": int(len(rows)),
+            "count": int(len(per_head))}
 
 
 def first_nonfinite(fetched: list[tuple[int, dict[str, float]]]) -> tuple[int, list[str]] | None:
@@ -757,8 +811,11 @@ def first_nonfinite(fetched: list[tuple[int, dict[str, float]]]) -> tuple[int, l
 
 def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np.ndarray],
                ckpts: checkpoint.PhaseCheckpoints, workdir: Path, source: str, position: dict[str, Any],
-               preemption: distributed.PreemptionWatch, saved_position: dict[str, Any] | None = None) -> dict:
+               preemption: distributed.PreemptionWatch, saved_position: dict[str, Any] | None = None,
+               extra_metadata: Callable[[Any], dict[str, Any]] | None = None) -> dict:
     """Steps from the state's own step to `train.steps`; each host feeds only its rows of each batch.
+    The final params are exported with the run's metadata plus `extra_metadata(params)` (e.g. a reward
+    model's reward statistics).
 
     Metrics stay on the device until a log, save or preemption step, when every step's since the
     last such point is checked: a non-finite loss or gradient stops the run (naming the step, the
@@ -849,6 +906,7 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
         "phase": config.phase, "step": tc.steps, "model": dataclasses.asdict(setup.model_def.cfg),
         "init_from": config.init_from,
         "resumed_from": source, "loss": dict(config.loss), "data": dict(config.data),
+        **(extra_metadata(state["params"]) if extra_metadata else {}),
     })
     log.info("exported params to %s", export_dir)
     return summary

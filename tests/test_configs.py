@@ -15,7 +15,15 @@ CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_validates(name):
-    train.validate(importlib.import_module(f"configs.{name}").get_config())
+    """A phase config validates; a pipeline config (`phases`) validates with every phase in its run."""
+    from pjax import pipeline
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    if "phases" not in config:
+        return train.validate(config)
+    pipeline.validate(config)
+    for phase in config.phases:
+        train.validate(pipeline.phase_config(config, phase, Path("/tmp/run")))
 
 
 def test_dpo_llama_train_state_builds_abstractly_on_8_devices():

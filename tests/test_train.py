@@ -314,6 +314,7 @@ def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_config
     train.run(sft)
     rm = tiny(rm_tiny.get_config(), tmp_path / "rm", sft.data.cache_dir)
     rm.init_from = str(Path(sft.workdir) / "export")
+    rm.model.reward_heads = 2  # an ensemble of two fresh heads on the SFT backbone
     mesh = sharding.make_mesh(rm.mesh.shape)
     with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(rm.sharding)):
         setup = train.make_setup(rm, mesh)
@@ -323,7 +324,7 @@ def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_config
     assert set(params) == {"embed", "layers", "final_norm", "score"} and "score" not in exported
     for key in ("embed", "layers", "final_norm"):
         jax.tree.map(np.testing.assert_array_equal, params[key], exported[key])
-    assert float(np.abs(np.asarray(params["score"])).sum()) > 0
+    assert params["score"].shape == (rm.model.d_model, 2) and float(np.abs(np.asarray(params["score"])).sum()) > 0
     caplog.set_level(logging.INFO, logger="pjax")
     out = train.run(rm)
     assert out["source"] == f"export:{rm.init_from}" and "partial restore: backbone from" in caplog.text
@@ -331,3 +332,100 @@ def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_config
     rm.init_from, rm.workdir = str(Path(sft.workdir)), str(tmp_path / "rm2")  # not an export: named
     with pytest.raises(FileNotFoundError, match="no finished export"):
         train.run(rm)
+
+
+def _np_log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_reward_loss_reads_margins_and_trains_each_head(tiny_configs, heads):
+    """The RM step's loss on a batch with TRL's per-pair margins: Bradley-Terry on the scalar head at the
+    last real token, -log sigma(r_c - r_r - m), each of an ensemble's heads on its own and the loss
+    their mean (NumPy on the rewards read straight from the model)."""
+    from configs import rm_tiny
+    from pjax import models
+
+    rm = rm_tiny.get_config()
+    rm.model.reward_heads = heads
+    cfg = train.model_config(rm)
+    model_def = models.build(cfg)
+    params = model_def.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, cfg.vocab_size, (6, 2, 10)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    mask[:, 1, 7:] = 0  # the rejected rows right-padded: the head reads token 6
+    completion = np.zeros_like(tokens)
+    completion[..., 4:] = 1
+    margins = rng.uniform(0, 2, 6).astype(np.float32)
+    batch = {"tokens": tokens, "mask": mask, "completion_mask": completion * mask, "margins": margins}
+    loss_fn = train.make_loss_fn(rm, model_def)
+    loss, (metrics, _) = jax.jit(loss_fn)(params, None, batch, {})
+    r = np.asarray(models.sequence_rewards(model_def, params, tokens, mask), np.float64).reshape(6, 2, heads)
+    per_head = -_np_log_sigmoid(r[:, 0] - r[:, 1] - margins[:, None]).mean(0)
+    np.testing.assert_allclose(float(loss), per_head.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["accuracy"]), np.mean(r[:, 0] > r[:, 1]), rtol=1e-6)
+    if heads > 1:
+        ensemble = r.mean(-1)
+        np.testing.assert_allclose(float(metrics["ensemble/accuracy"]), np.mean(ensemble[:, 0] > ensemble[:, 1]))
+        np.testing.assert_allclose(float(metrics["reward/min"]), r.min(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective,kind,heads", [("plackett_luce", "LIST", 1), ("reward_mse", "SCORE", 3)])
+def test_reward_model_phase_objectives_and_recorded_statistics(tiny_configs, tmp_path, objective, kind, heads):
+    """An rm phase trains Plackett-Luce on ranked lists and regression on scored completions (here an
+    ensemble of 3 heads); its export records each head's reward mean/std over the training completions,
+    equal to the rewards of the exported model computed directly."""
+    from configs import rm_tiny
+    from pjax import models
+    from tests.conftest import tiny
+
+    sft, _ = tiny_configs
+    rm = tiny(rm_tiny.get_config(), tmp_path / "rm", sft.data.cache_dir, steps=3)
+    rm.loss.name, rm.model.reward_heads, rm.reward.aggregate = objective, heads, "uwo"
+    rm.data.list_size = 3
+    out = train.run(rm)
+    assert len(out["history"]) == 3 and all(np.isfinite(r["loss"]) for r in out["history"])
+    assert "accuracy" in out["history"][-1] and ("ensemble/accuracy" in out["history"][-1]) == (heads > 1)
+    meta = checkpoint.export_metadata(out["export"])
+    stats = meta["reward_stats"]
+    data = train.load_data(rm)
+    assert stats["rows"] == len(data.arrays["tokens"]) <= rm.reward.stats_rows  # every row
+    model_def, params, _ = checkpoint.load_export(out["export"], sharding.make_mesh((1, -1, 1)),
+                                                  sharding.config_rules(rm.sharding))
+    T = data.arrays["tokens"].shape[-1]
+    tokens, mask = data.arrays["tokens"].reshape(-1, T), data.arrays["mask"].reshape(-1, T)
+    rewards = np.concatenate([np.asarray(models.sequence_rewards(model_def, params, tokens[i:i + 64], mask[i:i + 64]))
+                              for i in range(0, len(tokens), 64)]).reshape(len(tokens), heads)
+    assert stats["count"] == len(tokens) == len(data.arrays["tokens"]) * (3 if kind == "LIST" else 1)
+    np.testing.assert_allclose(stats["mean"], rewards.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats["std"], rewards.std(0), rtol=1e-4, atol=1e-5)
+
+
+def test_reward_model_with_margins_from_a_file_reports_heldout_accuracy(tiny_configs, tmp_path):
+    """Bradley-Terry with a `margin` column read from JSONL, rows held out: the held-out reward accuracy
+    before and after training equals the fraction of held-out pairs the model's rewards order right."""
+    from configs import rm_tiny
+    from pjax.data import synthetic
+    from tests.conftest import tiny
+
+    sft, _ = tiny_configs
+    rows = synthetic.preference_records(synthetic.SyntheticConfig(num_pairs=48, cache_dir=sft.data.cache_dir), "PAIR")
+    for i, row in enumerate(rows):
+        row["margin"] = float(i % 3)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rm = tiny(rm_tiny.get_config(), tmp_path / "rm", sft.data.cache_dir, steps=3)
+    rm.data.path, rm.data.num_heldout, rm.reward.stats_rows = str(path), 16, 8
+    out = train.run(rm)
+    stats = checkpoint.export_metadata(out["export"])["reward_stats"]
+    assert stats["rows"] == 8 and stats["count"] == 16 and stats["std"][0] > 0  # a sample of the 32 training rows
+    data = train.load_data(rm)
+    assert "margins" in data.arrays and sorted(set(data.arrays["margins"].tolist())) == [0.0, 1.0, 2.0]
+    held = out["heldout"]
+    assert set(held["before"]) == {"reward_accuracy"} and len(data.heldout["tokens"]) == 16
+    from pjax import models
+    model_def, params, _ = checkpoint.load_export(out["export"], sharding.make_mesh((1, -1, 1)),
+                                                  sharding.config_rules(rm.sharding))
+    r = np.asarray(models.sequence_rewards(model_def, params, data.heldout["tokens"], data.heldout["mask"]))
+    assert held["after"]["reward_accuracy"] == pytest.approx(np.mean(r[:, 0] > r[:, 1]))

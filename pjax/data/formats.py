@@ -7,8 +7,9 @@ TRL types (``docs/source/dataset_formats.md``), detected from a row's keys by :f
 | language_modeling | text, or messages (ShareGPT: conversations) |
 | prompt_only | prompt |
 | prompt_completion | prompt, completion |
-| preference | chosen, rejected, optional prompt (implicit prompt when absent) |
+| preference | chosen, rejected, optional prompt (implicit prompt when absent), optional margin |
 | unpaired | prompt, completion, label |
+| scored | prompt, completion, score (pjax's own, for regression reward models: HelpSteer2-style ratings) |
 | listwise | prompt, completions, scores (pjax's own; not a TRL type) |
 | stepwise | prompt, prefix or initial_reason_steps, chosen, rejected (Step-DPO) |
 | stepwise_supervision | prompt, completions, labels (TRL's PRM data; rejected here) |
@@ -18,11 +19,12 @@ pjax kinds (:data:`KINDS`) and the types :func:`to_kind` converts to them, follo
 
 | kind | from |
 |---|---|
-| SEQ | prompt_completion; language_modeling (empty prompt, whole text as completion, as SFT trains on every token); preference (chosen); unpaired (label true rows only) |
-| PAIR | preference (implicit prompt: :func:`extract_prompt`); Anthropic HH transcripts (:func:`hh_to_preference`) |
+| SEQ | prompt_completion; language_modeling (empty prompt, whole text as completion, as SFT trains on every token); preference (chosen); unpaired (label true rows only); scored (the score is ignored) |
+| PAIR | preference (implicit prompt: :func:`extract_prompt`); Anthropic HH transcripts (:func:`hh_to_preference`). A numeric ``margin`` (TRL RewardTrainer's optional per-pair margin column) is kept |
 | STEP | stepwise |
 | UNP | unpaired; preference -> two records, labels true / false (:func:`unpair`) |
 | LIST | listwise |
+| SCORE | scored; listwise -> one record per completion (:func:`unlist`) |
 | PROMPT | every type with a prompt (implicit preference: the extracted prompt) |
 
 Text values are strings (standard) or lists of ``{"role", "content"}`` messages (conversational);
@@ -47,14 +49,18 @@ KINDS: dict[str, tuple[str, ...]] = {
     "STEP": ("prompt", "prefix", "chosen", "rejected"),
     "UNP": ("prompt", "completion", "label"),
     "LIST": ("prompt", "completions", "scores"),
+    "SCORE": ("prompt", "completion", "score"),
     "PROMPT": ("prompt",),
 }
+# Optional fields kept on a record of a kind when the row has them.
+OPTIONAL: dict[str, tuple[str, ...]] = {"PAIR": ("margin",)}
 TYPES = (
     "language_modeling",
     "prompt_only",
     "prompt_completion",
     "preference",
     "unpaired",
+    "scored",
     "listwise",
     "stepwise",
     "stepwise_supervision",
@@ -152,6 +158,8 @@ def detect_type(row: Any) -> str:
         return "stepwise" if keys & {"prefix", "initial_reason_steps"} else "preference"
     if {"prompt", "completion", "label"} <= keys:
         return "unpaired"
+    if {"prompt", "completion", "score"} <= keys:
+        return "scored"
     if {"prompt", "completion"} <= keys:
         return "prompt_completion"
     if keys & {"text", "messages", "conversations"}:
@@ -161,7 +169,8 @@ def detect_type(row: Any) -> str:
     raise BadRow(
         "missing_keys",
         f"keys {sorted(keys)} match no dataset type; expected text | messages (language modeling), prompt, "
-        "prompt+completion, [prompt+]chosen+rejected, prompt+completion+label, prompt+completions+scores or "
+        "prompt+completion, [prompt+]chosen+rejected, prompt+completion+label, prompt+completion+score, "
+        "prompt+completions+scores or "
         "prompt+prefix|initial_reason_steps+chosen+rejected",
     )
 
@@ -182,6 +191,25 @@ def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
             break
     idx = max(idx, 0)
     return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def number(value: Any, key: str, where: str = "row") -> float:
+    """`value` as a float; a bool, a non-number or a non-finite number raises a "wrong_type" :class:`BadRow`."""
+    out = None
+    if hasattr(value, "__float__") and not isinstance(value, (str, bytes)) and not _is_bool(value):
+        try:
+            out = float(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if out is None or not math.isfinite(out):
+        raise BadRow("wrong_type", f"{where}: {key!r} must be a finite number, got {value!r}")
+    return out
+
+
+def unlist(record: dict) -> list[dict]:
+    """A LIST record as SCORE records: one per completion, with its score."""
+    return [{"prompt": record["prompt"], "completion": c, "score": s}
+            for c, s in zip(record["completions"], record["scores"])]
 
 
 def unpair(record: dict) -> list[dict]:
@@ -290,7 +318,7 @@ def _convert(row: dict, typ: str, kind: str, where: str) -> list[dict]:
             raise _missing(row, kind, typ, where, "'prompt'")
         return [{"prompt": row["prompt"]}]
     if kind == "SEQ":
-        if typ == "prompt_completion":
+        if typ in ("prompt_completion", "scored"):
             return [{"prompt": row["prompt"], "completion": row["completion"]}]
         if typ == "language_modeling":
             text = row["messages"] if "messages" in row else row["text"]
@@ -305,7 +333,8 @@ def _convert(row: dict, typ: str, kind: str, where: str) -> list[dict]:
     if kind == "PAIR":
         if typ == "preference":
             prompt, chosen, rejected = _preference(row, where)
-            return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
+            margin = {"margin": row["margin"]} if "margin" in row else {}
+            return [{"prompt": prompt, "chosen": chosen, "rejected": rejected, **margin}]
         if typ == "stepwise":
             raise BadRow("unsupported", f"{where}: a stepwise (Step-DPO) row has a prefix; read it as kind STEP")
         raise _missing(row, kind, typ, where, "'chosen' and 'rejected'")
@@ -329,11 +358,24 @@ def _convert(row: dict, typ: str, kind: str, where: str) -> list[dict]:
                 raise _missing(row, kind, typ, where, "'prompt'")
             return [{"prompt": row["prompt"], "completions": row["completions"], "scores": row["scores"]}]
         raise _missing(row, kind, typ, where, "'completions' and 'scores'")
+    if kind == "SCORE":
+        if {"prompt", "completion", "score"} <= set(row):  # scored, or an unpaired row that also has a score
+            return [{"prompt": row["prompt"], "completion": row["completion"], "score": row["score"]}]
+        if typ == "listwise":
+            if "prompt" not in row:
+                raise _missing(row, kind, typ, where, "'prompt'")
+            return unlist(validate(row, "LIST", where))
+        raise _missing(row, kind, typ, where, "'completion' and 'score' (or 'completions' and 'scores')")
     raise AssertionError(kind)
 
 
+def _is_bool(value: Any) -> bool:
+    """A Python or NumPy bool (``numpy.bool_``, named ``bool`` in NumPy 2)."""
+    return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
+
+
 def _label(value: Any, where: str) -> bool:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if _is_bool(value):
         return bool(value)
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
@@ -366,8 +408,9 @@ def _blank(value: Any) -> bool:
 
 
 def validate(record: dict, kind: str, where: str = "row") -> dict:
-    """Check one record of `kind` (see :data:`KINDS`) and return it normalised (messages reduced to
-    role and content, label a bool, scores floats)."""
+    """Check one record of `kind` (see :data:`KINDS`, and :data:`OPTIONAL` for fields kept when
+    present) and return it normalised (messages reduced to role and content, label a bool, scores,
+    score and margin floats)."""
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}; expected one of {sorted(KINDS)}")
     missing = [k for k in KINDS[kind] if k not in record]
@@ -398,6 +441,11 @@ def validate(record: dict, kind: str, where: str = "row") -> dict:
         out["scores"] = [float(s) for s in scores]
     if kind == "UNP":
         out["label"] = _label(record["label"], where)
+    if kind == "SCORE":
+        out["score"] = number(record["score"], "score", where)
+    for key in OPTIONAL.get(kind, ()):
+        if key in record:
+            out[key] = number(record[key], key, where)
     if len(set(formats.values())) > 1:
         conv = [k for k, v in formats.items() if v]
         std = [k for k, v in formats.items() if not v]
@@ -415,7 +463,8 @@ def validate(record: dict, kind: str, where: str = "row") -> dict:
 
 def to_kind(row: Any, kind: str, where: str = "row", *, format: str = "auto") -> list[dict]:
     """Records of `kind` from one row of any TRL type (module table); a list, as unpairing a
-    preference gives two records and an unpaired row with a false label gives none for SEQ.
+    preference gives two records, a listwise row gives K SCORE records and an unpaired row with a
+    false label gives none for SEQ.
 
     `format`: "auto" reads Anthropic HH transcripts with :func:`hh_to_preference` (other rows as
     TRL does), "hh" requires them, "trl" treats HH rows like any implicit-prompt preference.
@@ -428,7 +477,10 @@ def to_kind(row: Any, kind: str, where: str = "row", *, format: str = "auto") ->
     if not isinstance(row, dict):
         raise BadRow("not_object", f"{where}: expected an object, got {type(row).__name__}")
     if format == "hh" or (format == "auto" and is_hh(row)):
-        row, typ = hh_to_preference(row, where), "preference"
+        pref = hh_to_preference(row, where)
+        if "margin" in row:  # HH data has no margin column, but a row that adds one keeps it
+            pref["margin"] = row["margin"]
+        row, typ = pref, "preference"
     else:
         row = to_chatml(row)
         try:

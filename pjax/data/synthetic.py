@@ -96,7 +96,8 @@ MIN_COMPLETION_WORDS, MAX_COMPLETION_WORDS = 6, 14
 REWARD_SCALE, REWARD_CLIP = 3.0, 3.0
 _P_NEUTRAL_ADJ = 0.25
 _TOKENIZER_SEED, _TOKENIZER_LINES = 12345, 3000
-_STREAMS = {"sft": 0, "pairs": 1, "heldout_prompts": 2, "heldout_pairs": 3, "list": 4, "unpaired": 5, "step": 6}
+_STREAMS = {"sft": 0, "pairs": 1, "heldout_prompts": 2, "heldout_pairs": 3, "list": 4, "unpaired": 5, "step": 6,
+            "scored": 7}
 
 
 def gold_reward(completion: str) -> float:
@@ -287,6 +288,7 @@ def preference_records(cfg: SyntheticConfig, kind: str, *, list_size: int = 4) -
     gold rewards as scores. UNP: one completion with label = gold reward > 0 (flipped with
     probability `label_noise`). STEP: a shared first part of a completion (`prefix`) and two
     different next steps, the chosen one by Bradley-Terry sampling on the gold reward of prefix + step.
+    SCORE: one base completion per prompt with its gold reward as `score` (no noise).
     """
     if kind == "PAIR":
         rng = _rng(cfg.seed, "pairs")
@@ -325,5 +327,12 @@ def preference_records(cfg: SyntheticConfig, kind: str, *, list_size: int = 4) -
                 a_wins = not a_wins
             chosen, rejected = (a, b) if a_wins else (b, a)
             rows.append({"prompt": prompt, "prefix": prefix, "chosen": chosen, "rejected": rejected})
+        return rows
+    if kind == "SCORE":
+        rng = _rng(cfg.seed, "scored")
+        rows = []
+        for _ in range(cfg.num_pairs):
+            prompt, completion = sample_prompt(rng), sample_completion(rng)
+            rows.append({"prompt": prompt, "completion": completion, "score": gold_reward(completion)})
         return rows
     raise ValueError(f"no synthetic records of data shape {kind!r}")

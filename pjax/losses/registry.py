@@ -37,6 +37,7 @@ class LossInputs:
     policy_log_sum_p2: Optional[Array] = None  # WPO: per-token log sum_v p(v)^2, same shape as policy_logps
     state: Optional[dict] = None  # running state of stateful objectives (e.g. BCO's reward shift)
     rewards: Optional[Array] = None  # reward-model objectives: scalar-head outputs, [B, 2] for PAIR
+    margins: Optional[Array] = None  # PAIR reward models: [B] per-pair margin m (TRL's `margin` column)
 
 
 # fn(inputs, cfg) -> (loss, metrics); a stateful objective returns (loss, metrics, new_state).
@@ -116,7 +117,7 @@ def terms(cfg) -> list[tuple[Objective, float]]:
 
 
 def data_kind(cfg) -> str:
-    """The data shape the configured objectives need: SEQ, PAIR, STEP, UNP or LIST."""
+    """The data shape the configured objectives need: SEQ, PAIR, STEP, UNP, LIST or SCORE."""
     kinds = [o.kind for o, _ in terms(cfg) if o.name not in SHAPE_AGNOSTIC]
     return kinds[0] if kinds else "SEQ"
 

@@ -97,13 +97,14 @@ def last_token_index(mask: jax.Array) -> jax.Array:
 def sequence_rewards(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array, *,
                      positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
     """Scalar-head outputs (`model.head='scalar'`) read at the last real token: `[...]` float32 for
-    `tokens`, `mask` `[..., T]` (e.g. `[B, 2]` rewards of preference pairs). `positions`, `segment_ids`:
+    `tokens`, `mask` `[..., T]` (e.g. `[B, 2]` rewards of preference pairs); `[..., E]` for an ensemble
+    of `model.reward_heads=E` heads. `positions`, `segment_ids`:
     see `_forward` (with packing, the last real token of the row is that of its last document)."""
     model, _, hidden = _forward(model_def, params, tokens, mask, positions, segment_ids)
     last_index = last_token_index(mask.reshape(-1, mask.shape[-1]))
     last = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)[:, 0]
     rewards = last.astype(jnp.float32) @ model.score[...].astype(jnp.float32)
-    return rewards.reshape(tokens.shape[:-1])
+    return rewards.reshape(tokens.shape[:-1] + rewards.shape[1:])
 
 
 __all__ = ["Llama", "LlamaConfig", "ModelDef", "build", "init_cache", "positions_from_mask", "preset",

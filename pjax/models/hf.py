@@ -101,13 +101,16 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
                          "included) are not supported; Qwen2's q/k/v biases are")
     if hf.get("quantization_config"):
         raise ValueError("config.json quantization_config: quantized checkpoints are not supported")
-    head = "lm"
+    head, reward_heads = "lm", 1
     arch = (hf.get("architectures") or [f"{SUPPORTED[model_type]}ForCausalLM"])[0]
     if arch.endswith("ForSequenceClassification"):
-        labels = hf.get("num_labels", len(hf.get("id2label") or {}) or 2)
-        if labels != 1:
-            raise ValueError(f"config.json id2label/num_labels: a scalar head needs exactly 1 label, not {labels}")
-        head = "scalar"
+        labels = int(hf.get("num_labels", len(hf.get("id2label") or {}) or 2))
+        ensemble = int(hf.get("pjax_reward_heads", 1))  # written by pjax-to-hf for an ensemble of reward heads
+        if labels != ensemble or labels < 1:
+            raise ValueError(f"config.json id2label/num_labels: a reward model needs exactly 1 label, not {labels} "
+                             "(a classifier's labels are not rewards; an ensemble of reward heads exported by pjax "
+                             "carries pjax_reward_heads)")
+        head, reward_heads = "scalar", labels
     elif not arch.endswith("ForCausalLM"):
         raise ValueError(f"config.json architectures={hf.get('architectures')}: expected *ForCausalLM or "
                          "*ForSequenceClassification")
@@ -122,7 +125,7 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         n_kv_heads=int(hf.get("num_key_value_heads") or n_heads), d_ff=d_ff,
         head_dim=int(hf.get("head_dim") or d // n_heads), rope_theta=theta, rope_scaling=scaling,
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)), head=head,
+        max_seq_len=int(hf.get("max_position_embeddings", 2048)), head=head, reward_heads=reward_heads,
         attn_bias=model_type == "qwen2", sliding_window=_sliding_window(hf, model_type, n_layers),
     )
 
@@ -165,7 +168,10 @@ def hf_config(cfg: LlamaConfig, model_type: str | None = None, *, dtype: str = "
         out.update(use_sliding_window=bool(cfg.sliding_window), sliding_window=cfg.sliding_window or None,
                    max_window_layers=0 if cfg.sliding_window else cfg.n_layers)
     if cfg.head == "scalar":
-        out.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+        out.update(id2label={str(i): f"LABEL_{i}" for i in range(cfg.reward_heads)},
+                   label2id={f"LABEL_{i}": i for i in range(cfg.reward_heads)}, num_labels=cfg.reward_heads)
+        if cfg.reward_heads > 1:
+            out["pjax_reward_heads"] = cfg.reward_heads
     return {**out, **extra}
 
 
@@ -235,7 +241,11 @@ def tensors(cfg: LlamaConfig) -> list[Tensor]:
         Tensor("model.norm.weight", ("final_norm", "scale"), (D,), *same),
     ]
     if cfg.head == "scalar":
-        out.append(Tensor("score.weight", ("score",), (1, D), lambda a: a.reshape(D), lambda a: a.reshape(1, D)))
+        E = cfg.reward_heads
+        if E == 1:
+            out.append(Tensor("score.weight", ("score",), (1, D), lambda a: a.reshape(D), lambda a: a.reshape(1, D)))
+        else:
+            out.append(Tensor("score.weight", ("score",), (E, D), lambda a: a.T, lambda a: a.T))
     elif not cfg.tie_embeddings:
         out.append(Tensor("lm_head.weight", ("lm_head",), (V, D), *T))
     return out

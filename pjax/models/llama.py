@@ -55,6 +55,7 @@ class LlamaConfig:
     remat: str = "none"
     scan_layers: bool = True
     head: str = "lm"  # lm: next-token logits | scalar: one reward/value per sequence (read at its last token)
+    reward_heads: int = 1  # scalar head: E > 1 is an ensemble of E reward heads on one backbone ([D, E])
     attn_bias: bool = False  # Qwen2: biases on the q/k/v projections (not on the output projection)
     # Mistral: query index i sees key index j iff i - window < j <= i (Hugging Face's convention); 0 = off.
     sliding_window: int = 0
@@ -76,6 +77,9 @@ class LlamaConfig:
                              "high_freq_factor, original_max_position) with low_freq_factor < high_freq_factor")
         if self.sliding_window < 0:
             raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 0 (0 = full attention)")
+        if self.reward_heads < 1 or (self.reward_heads > 1 and self.head != "scalar"):
+            raise ValueError(f"model.reward_heads={self.reward_heads}: must be >= 1, and > 1 only with "
+                             f"model.head='scalar' (it is {self.head!r})")
         if not isinstance(self.attn_bias, bool):
             raise ValueError(f"model.attn_bias={self.attn_bias!r}: expected True or False")
         if self.head not in ("lm", "scalar"):
@@ -86,15 +90,15 @@ class LlamaConfig:
 
     @property
     def num_params(self) -> int:
-        """Parameter count (embeddings included once when tied; a scalar head has `d_model` weights in
-        place of the LM head)."""
+        """Parameter count (embeddings included once when tied; a scalar head has `d_model` weights per
+        reward head in place of the LM head)."""
         d, f, hd = self.d_model, self.d_ff, self.head_dim
         attn = d * hd * (2 * self.n_heads + 2 * self.n_kv_heads)
         if self.attn_bias:
             attn += hd * (self.n_heads + 2 * self.n_kv_heads)
         layer = attn + 3 * d * f + 2 * d
         separate_lm_head = self.head == "lm" and not self.tie_embeddings
-        emb = self.vocab_size * d * (2 if separate_lm_head else 1) + (d if self.head == "scalar" else 0)
+        emb = self.vocab_size * d * (2 if separate_lm_head else 1) + (d * self.reward_heads if self.head == "scalar" else 0)
         return self.n_layers * layer + emb + d
 
 
@@ -274,7 +278,9 @@ class Llama(nnx.Module):
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
         if cfg.head == "scalar":
-            self.score = _param(rngs, (cfg.d_model,), ("embed",), pd, scale=1.0 / math.sqrt(cfg.d_model))
+            shape, axes = ((cfg.d_model,), ("embed",)) if cfg.reward_heads == 1 else \
+                ((cfg.d_model, cfg.reward_heads), ("embed", None))
+            self.score = _param(rngs, shape, axes, pd, scale=1.0 / math.sqrt(cfg.d_model))
         elif not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd)
 

@@ -338,3 +338,107 @@ def test_prompt_kind_keeps_an_explicit_prompt_without_checking_the_pair():
     assert to_kind({"prompt": "p", "chosen": "same", "rejected": "same"}, "PROMPT") == [{"prompt": "p"}]
     step = {"prompt": [U("q")], "prefix": [{"from": "gpt", "value": "s1"}], "chosen": [A("s2")], "rejected": [A("s3")]}
     assert to_kind(step, "STEP")[0]["prefix"] == [A("s1")]
+
+
+# --- per-pair margins (TRL RewardTrainer's optional `margin` column) -------------------------------
+
+
+@pytest.mark.parametrize(
+    "row, want",
+    [
+        ({"prompt": "The sky is", "chosen": " blue.", "rejected": " green.", "margin": 2},
+         {"prompt": "The sky is", "chosen": " blue.", "rejected": " green.", "margin": 2.0}),
+        ({"chosen": "The sky is blue.", "rejected": "The sky is green.", "margin": 0.5},
+         {"prompt": "The sky is", "chosen": " blue.", "rejected": " green.", "margin": 0.5}),
+        ({"prompt": [U("Sky?")], "chosen": [A("Blue.")], "rejected": [A("Green.")], "margin": -1.25},
+         {"prompt": [U("Sky?")], "chosen": [A("Blue.")], "rejected": [A("Green.")], "margin": -1.25}),
+        ({"chosen": [U("Sky?"), A("Blue.")], "rejected": [U("Sky?"), A("Green.")], "margin": 3.0},
+         {"prompt": [U("Sky?")], "chosen": [A("Blue.")], "rejected": [A("Green.")], "margin": 3.0}),
+    ],
+)
+def test_pair_keeps_a_margin(row, want):
+    out = to_kind(row, "PAIR")
+    assert out == [want]
+    assert type(out[0]["margin"]) is float
+    # kinds that do not use a margin drop it; the rest of the record is as without it
+    plain = {k: v for k, v in row.items() if k != "margin"}
+    for kind in ("SEQ", "UNP", "PROMPT"):
+        assert to_kind(row, kind) == to_kind(plain, kind)
+
+
+def test_pair_without_margin_has_none():
+    assert "margin" not in to_kind({"prompt": "p", "chosen": "a", "rejected": "b"}, "PAIR")[0]
+    hh = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}
+    assert to_kind(hh, "PAIR") == [{"prompt": [U("Hi")], "chosen": [A("Hello!")], "rejected": [A("Go away.")]}]
+    assert to_kind({**hh, "margin": 1}, "PAIR")[0]["margin"] == 1.0  # an HH row that adds one keeps it
+
+
+@pytest.mark.parametrize("margin", ["1.0", None, True, [1.0], float("nan"), float("inf"), {"m": 1}])
+def test_non_numeric_margin_is_wrong_type(margin):
+    assert bad_reason({"prompt": "p", "chosen": "a", "rejected": "b", "margin": margin}, "PAIR") == "wrong_type"
+    assert bad_reason({"chosen": [U("q"), A("a")], "rejected": [U("q"), A("b")], "margin": margin},
+                      "PAIR") == "wrong_type"
+
+
+def test_numpy_margin_is_a_number():
+    np = pytest.importorskip("numpy", reason="numpy scalars from parquet/datasets rows")
+    out = to_kind({"prompt": "p", "chosen": "a", "rejected": "b", "margin": np.float32(0.5)}, "PAIR")
+    assert out[0]["margin"] == 0.5 and type(out[0]["margin"]) is float
+    assert bad_reason({"prompt": "p", "chosen": "a", "rejected": "b", "margin": np.bool_(True)}, "PAIR") == "wrong_type"
+
+
+# --- scored rows -> SCORE --------------------------------------------------------------------------
+
+
+def test_detect_scored():
+    assert detect_type({"prompt": "p", "completion": " c", "score": 3.5}) == "scored"
+    assert detect_type({"prompt": "p", "completion": " c", "score": 1, "label": True}) == "unpaired"
+    assert "scored" in formats.TYPES and formats.KINDS["SCORE"] == ("prompt", "completion", "score")
+
+
+def test_scored_to_score_standard_and_conversational():
+    out = to_kind({"prompt": "The sky is", "completion": " blue.", "score": 4, "id": 7}, "SCORE")
+    assert out == [{"prompt": "The sky is", "completion": " blue.", "score": 4.0}]
+    assert type(out[0]["score"]) is float
+    conv = {"prompt": [{"from": "human", "value": "Sky?"}], "completion": [A("Blue.")], "score": -0.5}
+    assert to_kind(conv, "SCORE") == [{"prompt": [U("Sky?")], "completion": [A("Blue.")], "score": -0.5}]
+    # an unpaired row that also has a score reads as SCORE too
+    assert to_kind({"prompt": "p", "completion": "c", "label": False, "score": 1}, "SCORE") == [
+        {"prompt": "p", "completion": "c", "score": 1.0}]
+
+
+def test_listwise_to_score_one_record_per_completion():
+    row = {"prompt": "p", "completions": ["a", "b", "c"], "scores": [1, 0.5, -2]}
+    assert to_kind(row, "SCORE") == [{"prompt": "p", "completion": "a", "score": 1.0},
+                                     {"prompt": "p", "completion": "b", "score": 0.5},
+                                     {"prompt": "p", "completion": "c", "score": -2.0}]
+    assert bad_reason({"prompt": "p", "completions": ["a", "b"], "scores": [1.0]}, "SCORE") == "wrong_type"
+
+
+def test_scored_rows_to_other_kinds():
+    row = {"prompt": "The sky is", "completion": " blue.", "score": 2.0}
+    assert to_kind(row, "SEQ") == [{"prompt": "The sky is", "completion": " blue."}]  # as a prompt_completion row
+    assert to_kind(row, "PROMPT") == [{"prompt": "The sky is"}]
+    assert bad_reason(row, "PAIR") == "missing_keys"
+    assert bad_reason(row, "LIST") == "missing_keys"
+
+
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ({"prompt": "p", "completion": "c"}, "missing_keys"),
+        ({"completion": "c", "score": 1.0}, "missing_keys"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b"}, "missing_keys"),
+        ({"prompt": "p", "completion": "c", "score": "high"}, "wrong_type"),
+        ({"prompt": "p", "completion": "c", "score": None}, "wrong_type"),
+        ({"prompt": "p", "completion": "c", "score": True}, "wrong_type"),
+        ({"prompt": "p", "completion": "c", "score": float("nan")}, "wrong_type"),
+        ({"prompt": "p", "completion": "c", "score": float("-inf")}, "wrong_type"),
+        ({"prompt": "p", "completion": [A("c")], "score": 1.0}, "wrong_type"),
+        ({"prompt": "p", "completion": " ", "score": 1.0}, "empty_completion"),
+        ({"prompt": 3, "completion": "c", "score": 1.0}, "non_string"),
+        ({"prompt": "p", "completions": ["a", "b"], "labels": [True, False]}, "unsupported"),
+    ],
+)
+def test_score_bad_rows(row, reason):
+    assert bad_reason(row, "SCORE") == reason

@@ -86,3 +86,55 @@ def test_config_validation():
         SyntheticConfig(label_noise=1.5)
     with pytest.raises(ValueError, match="bt_temperature"):
         SyntheticConfig(bt_temperature=0.0)
+
+
+_LEXICON_WORDS = {  # the task's lexicon, written out again: score -> words
+    1.0: "wonderful brilliant superb excellent amazing fantastic masterful delightful stunning outstanding beautiful "
+         "perfect moving gripping charming joyful magnificent fabulous splendid terrific",
+    0.5: "good nice fine pleasant solid decent enjoyable fun clever warm sweet lovely bright engaging funny fresh smart "
+         "inspired gentle neat",
+    -1.0: "terrible awful horrible dreadful atrocious pathetic dismal abysmal disastrous unbearable painful miserable "
+          "hideous wretched appalling lousy rotten worthless insulting tedious",
+    -0.5: "bad dull weak bland slow messy silly flat stale clumsy shallow odd tired sloppy lazy cheap noisy vague forced "
+          "predictable",
+}
+
+
+def _reference_gold(text):
+    """The gold reward restated: 3 * (sum of lexicon scores of distinct words) / sqrt(#words), clipped to [-3, 3]."""
+    score = {w: s for s, words in _LEXICON_WORDS.items() for w in words.split()}
+    words = text.lower().split()
+    if not words:
+        return -3.0
+    return max(-3.0, min(3.0, 3.0 * sum(score.get(w, 0.0) for w in set(words)) / len(words) ** 0.5))
+
+
+def test_score_records_carry_the_gold_reward():
+    cfg = _small(seed=4)
+    rows = synthetic.preference_records(cfg, "SCORE")
+    assert len(rows) == cfg.num_pairs and all(set(r) == {"prompt", "completion", "score"} for r in rows)
+    assert all(5 <= len(r["prompt"].split()) <= 10 and 6 <= len(r["completion"].split()) <= 14 for r in rows)
+    for r in rows:
+        assert r["score"] == pytest.approx(_reference_gold(r["completion"]), abs=1e-12)
+    # known words: " superb acting but dull" = 3 * (1 - 0.5) / sqrt(4) = 0.75
+    assert _reference_gold(" superb acting but dull") == pytest.approx(0.75)
+    scores = np.array([r["score"] for r in rows])
+    assert scores.std() > 0.3  # spread, not constant
+    assert synthetic.preference_records(cfg, "SCORE") == rows  # deterministic
+    other = synthetic.preference_records(_small(seed=5), "SCORE")
+    assert [r["prompt"] for r in other] != [r["prompt"] for r in rows]
+
+
+def test_score_stream_is_its_own():
+    cfg = _small(seed=4)
+    scored = synthetic.preference_records(cfg, "SCORE")
+    unp = synthetic.preference_records(cfg, "UNP")
+    assert [r["completion"] for r in scored] != [r["completion"] for r in unp]
+    assert len(set(synthetic._STREAMS.values())) == len(synthetic._STREAMS)
+
+
+def test_pair_records_are_the_task_pairs(sp_cache):
+    cfg = _small(seed=6, cache_dir=sp_cache)
+    pairs = synthetic.preference_records(cfg, "PAIR")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in pairs] == build_task(cfg).pairs
+    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in pairs)  # no margin on synthetic pairs

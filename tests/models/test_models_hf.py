@@ -176,8 +176,9 @@ def test_hf_config_round_trips(cfg):
     ({"partial_rotary_factor": 0.5}, "config.json partial_rotary_factor"),
     ({"quantization_config": {"quant_method": "gptq"}}, "config.json quantization_config"),
     ({"architectures": ["LlamaForTokenClassification"]}, "config.json architectures"),
+    ({"architectures": ["LlamaForSequenceClassification"], "num_labels": 0}, "config.json id2label/num_labels"),
     ({"architectures": ["LlamaForSequenceClassification"], "id2label": {"0": "a", "1": "b"}},
-     "config.json id2label/num_labels"),
+     "config.json id2label/num_labels: a reward model needs exactly 1 label, not 2"),
     ({"hidden_size": None}, "config.json: missing key 'hidden_size'"),
 ])
 def test_unsupported_configs_name_the_key(change, message):
@@ -282,19 +283,23 @@ def test_logits_match_transformers(case, tmp_path):
         assert np.abs(full[real] - want[real]).max() > 1e-2
 
 
-def test_reward_model_matches_transformers(tmp_path):
-    """LlamaForSequenceClassification (one label) <-> a scalar head read at the last real token."""
-    model = hf_model(tmp_path, "Llama", head="SequenceClassification", num_labels=1, pad_token_id=0)
+@pytest.mark.parametrize("labels", [1, 3])
+def test_reward_model_matches_transformers(tmp_path, labels):
+    """LlamaForSequenceClassification <-> a scalar head read at the last real token (several labels: an
+    ensemble of reward heads)."""
+    marker = {"pjax_reward_heads": labels} if labels > 1 else {}  # what pjax-to-hf writes for an ensemble
+    model = hf_model(tmp_path, "Llama", head="SequenceClassification", num_labels=labels, pad_token_id=0, **marker)
     cfg = hf.load_config(tmp_path)
-    assert cfg.head == "scalar"
+    assert cfg.head == "scalar" and cfg.reward_heads == labels
     model_def = build(cfg)
     params = hf.load_params(tmp_path, model_def)
-    assert params["score"].shape == (32,)
+    assert params["score"].shape == ((32,) if labels == 1 else (32, labels))
     tokens = np.random.default_rng(2).integers(1, 61, size=PADDED.shape) * PADDED  # pad id 0 at padding
     torch, _ = _transformers()
     with torch.no_grad():
         want = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(PADDED),
-                     position_ids=torch.tensor(np_positions(PADDED))).logits[:, 0].numpy()
+                     position_ids=torch.tensor(np_positions(PADDED))).logits.numpy()
+    want = want[:, 0] if labels == 1 else want
     got = jax.jit(lambda p, t, m: sequence_rewards(model_def, p, t, m))(params, tokens, PADDED)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
     out = hf.save_hf(params, cfg, tmp_path / "export", extra_config={"pad_token_id": 0})
@@ -303,8 +308,8 @@ def test_reward_model_matches_transformers(tmp_path):
                                                                            attn_implementation="eager")
     with torch.no_grad():
         again = back(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(PADDED),
-                     position_ids=torch.tensor(np_positions(PADDED))).logits[:, 0].numpy()
-    np.testing.assert_array_equal(again, want)
+                     position_ids=torch.tensor(np_positions(PADDED))).logits.numpy()
+    np.testing.assert_array_equal(again[:, 0] if labels == 1 else again, want)
 
 
 def _all_tensors(directory):
