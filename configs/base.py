@@ -50,7 +50,7 @@ def model_config(preset: str, **overrides) -> ConfigDict:
 
 def get_config() -> ConfigDict:
     c = ConfigDict()
-    c.phase = "sft"  # sft | rm | dpo
+    c.phase = "sft"  # sft | rm | dpo | online
     c.seed = 0
     c.workdir = "runs/default"  # this phase's directory: checkpoints/, export/, metrics.jsonl, tb/
     c.init_from = ""  # a parent phase's params-only export directory ("" = none)
@@ -59,7 +59,7 @@ def get_config() -> ConfigDict:
     c.model = model_config("tiny")
 
     c.data = ConfigDict(dict(
-        task="synthetic",
+        task="synthetic",  # the built-in task: synthetic (review sentiment, gold reward) | arithmetic
         # Training records: a JSONL file (plain or .gz), a Parquet file, a Hugging Face `datasets`
         # directory (save_to_disk), "tfds:<name>" (array_record) or "hf:<hub name>" (online), in any
         # TRL dataset format (pjax.data.formats); "" = the synthetic task's records
@@ -86,6 +86,9 @@ def get_config() -> ConfigDict:
         max_len=48,  # prompt + completion tokens per sequence (the completion is kept on truncation)
         max_prompt_len=16,  # generation prompts
         cache_dir="",  # synthetic task and encoded-data cache; "" = $PJAX_CACHE or ~/.cache/pjax/synthetic
+        # data.task='arithmetic': sums with a verifiable answer (SFT data and prompts; online rewards)
+        arithmetic=ConfigDict(dict(max_operand=20, operations="+-", min_terms=2, max_terms=3, answer_noise=0.0,
+                                   sp_vocab_size=64)),
     ))
 
     c.loss = ConfigDict(dict(
@@ -136,6 +139,34 @@ def get_config() -> ConfigDict:
     ))
 
     c.generate = ConfigDict(dict(max_new_tokens=24))  # evaluation samples (at temperature 1, for the KL)
+
+    # Online policy optimisation (phase='online'; pjax.online): train.steps counts iterations.
+    c.online = ConfigDict(dict(
+        algorithm="grpo",  # ppo | grpo | rloo | online_dpo | xpo | raft
+        prompts_per_iteration=8,
+        samples_per_prompt=4,  # G: the group of each prompt
+        epochs=1,  # passes over an iteration's samples ...
+        num_minibatches=1,  # ... in this many optimizer steps each
+        temperature=1.0,  # sampling, and every log-prob at logits / temperature
+        top_k=0,
+        top_p=1.0,
+        reward="gold",  # gold (the task's) | rm (reward.models) | python:<module>:<function>
+        missing_eos_penalty=0.0,  # subtracted from the reward of a completion cut at the length limit
+        clip_eps=0.2,  # PPO-style ratio clipping (grpo: tokens, rloo: sequences)
+        clip_eps_high=0.0,  # 0: clip_eps (DAPO's clip-higher when larger)
+        loss_aggregation="grpo",  # grpo (per sequence) | dr_grpo (sum / max_new_tokens) | dapo (per token)
+        scale_rewards="std",  # grpo advantages: (r - group mean) / group std | none (Dr. GRPO)
+        kl_coef=0.0,  # grpo: beta of the KL-to-reference loss term; ppo: of the KL folded into the token rewards
+        kl_estimator="k3",  # k1 | k2 | k3
+        kl_target=0.0,  # ppo: > 0 adapts kl_coef towards this KL per sequence (Ziegler et al. 2019); 0: fixed
+        kl_horizon=10000,
+        gamma=1.0,  # ppo: GAE discount ...
+        lam=0.95,  # ... and lambda
+        vf_coef=0.1,  # ppo: weight of the clipped value loss (model.value_head=True: shared backbone)
+        vf_clip=0.2,
+        whiten_advantages=True,  # ppo
+        xpo_alpha=1e-5,  # xpo: weight of the policy's log-prob of the reference's samples (TRL's default alpha)
+    ))
 
     # Rewards from trained reward models (evaluation, best-of-N, online RL), and the RM phase's statistics.
     c.reward = ConfigDict(dict(

@@ -3,6 +3,7 @@
     python -m experiments.bench --config=configs/dpo_tiny.py --steps=10 [--warmup=2]
         [--prompt-len=64] [--completion-len=64] [--peak-flops=989e12] [--out=bench.json]
         [--config.model.d_model=256 ...]
+    python -m experiments.bench --decode --config=configs/grpo_tiny.py [--prompt-len=16 --completion-len=24]
     python -m experiments.bench --logprob-memory [--lp-batch=4 --lp-len=512 --lp-dim=576
         --lp-vocab=128256 --lp-chunk=128]
 
@@ -45,6 +46,7 @@ materialises the `[B, T, V]` float32 logits).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import resource
@@ -81,6 +83,8 @@ flags.DEFINE_integer("completion_len", 64, "Completion tokens per sequence.")
 flags.DEFINE_float("peak_flops", None, "Peak FLOP/s of ONE device (e.g. 989e12 for H100 bf16 dense).")
 flags.DEFINE_string("out", None, "Also write the JSON here.")
 flags.DEFINE_bool("logprob_memory", False, "Chunked vs naive log-prob head memory comparison instead.")
+flags.DEFINE_bool("decode", False, "Sampling throughput (pjax.generate) of the config's model instead: "
+                  "train.batch_size rows, --prompt-len, --completion-len new tokens.")
 flags.DEFINE_integer("lp_batch", 4, "--logprob-memory: B.")
 flags.DEFINE_integer("lp_len", 512, "--logprob-memory: T.")
 flags.DEFINE_integer("lp_dim", 576, "--logprob-memory: D (hidden size).")
@@ -252,11 +256,57 @@ def logprob_memory(batch: int = 4, length: int = 512, dim: int = 576, vocab: int
     }
 
 
+def decode_benchmark(config: ConfigDict, *, steps: int = 5, warmup: int = 1, prompt_len: int = 64,
+                     completion_len: int = 64) -> dict[str, Any]:
+    """Time `pjax.generate.generate` (prefill + KV-cache decode in one jitted loop) on random prompts of
+    the config's model and mesh: every row generates `completion_len` tokens (no stop token is in the
+    vocabulary). Decode tokens/s = rows x new tokens / generation time (prefill included)."""
+    from pjax import generate
+
+    validate(config)
+    cfg = model_config(config)
+    mesh = sharding.make_mesh(config.mesh.shape)
+    B = config.train.batch_size
+    rng = np.random.default_rng(config.seed)
+    prompts = rng.integers(3, cfg.vocab_size, (B, prompt_len)).astype(np.int32)
+    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
+        setup = make_setup(config, mesh)
+        params = setup.init_state(config.seed)["params"]
+        mask = jnp.ones((B, prompt_len), jnp.int32)
+
+        def run(i):
+            out = generate.generate(setup.model_def, params, jnp.asarray(prompts), mask, jax.random.key(i),
+                                    max_new_tokens=completion_len, eos_id=cfg.vocab_size, pad_id=0)
+            return jax.block_until_ready(out["lengths"])
+
+        t0 = time.perf_counter()
+        run(0)
+        compile_s = time.perf_counter() - t0
+        for i in range(warmup):
+            run(1 + i)
+        times = []
+        for i in range(steps):
+            t0 = time.perf_counter()
+            lengths = run(100 + i)
+            times.append(time.perf_counter() - t0)
+    assert int(np.min(lengths)) == completion_len
+    median = float(np.median(times))
+    return {"mode": "decode", "model": dataclasses.asdict(cfg), "rows": B, "prompt_len": prompt_len,
+            "new_tokens": completion_len, "compile_and_first_s": compile_s, "generate_s_median": median,
+            "decode_tokens_per_s": B * completion_len / median, "device": str(jax.devices()[0].device_kind),
+            "device_count": jax.device_count(), "jax_version": jax.__version__}
+
+
 # -------------------------------------------------------------------------------------------- CLI
 def main(argv) -> None:
     del argv
     if FLAGS.logprob_memory:
         result = logprob_memory(FLAGS.lp_batch, FLAGS.lp_len, FLAGS.lp_dim, FLAGS.lp_vocab, FLAGS.lp_chunk)
+    elif FLAGS.decode:
+        if _CONFIG.value is None:
+            raise app.UsageError("--config is required with --decode")
+        result = decode_benchmark(_CONFIG.value, steps=FLAGS.steps, warmup=FLAGS.warmup,
+                                  prompt_len=FLAGS.prompt_len, completion_len=FLAGS.completion_len)
     else:
         if _CONFIG.value is None:
             raise app.UsageError("--config is required (or pass --logprob-memory)")

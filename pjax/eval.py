@@ -58,8 +58,9 @@ def completion_logps(model_def: ModelDef, params: Any, tokens: jax.Array, mask: 
 def sample(model_def: ModelDef, params: Any, prompts: dict[str, np.ndarray], *, seed: int, max_new_tokens: int,
            eos_id: int | tuple[int, ...], pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            num_samples: int = 1, chunk: int = 256) -> dict[str, np.ndarray]:
-    """`num_samples` completions per (left-padded) prompt, row `p * num_samples + j` the j-th of prompt p;
-    sampled `chunk` rows at a time (one compilation: the last chunk wraps around); numpy outputs."""
+    """`num_samples` completions per (left-padded) prompt, row `p * num_samples + j` the j-th of prompt p
+    (`prompt_index` says p); sampled `chunk` rows at a time (one compilation: the last chunk wraps
+    around); numpy outputs."""
     tokens = np.repeat(np.asarray(prompts["tokens"]), num_samples, axis=0)
     mask = np.repeat(np.asarray(prompts["mask"]), num_samples, axis=0)
     n = len(tokens)
@@ -71,24 +72,29 @@ def sample(model_def: ModelDef, params: Any, prompts: dict[str, np.ndarray], *, 
                                 jax.random.fold_in(jax.random.key(seed), i), max_new_tokens=max_new_tokens,
                                 eos_id=eos_id, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p)
         parts.append(jax.device_get(out))
-    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+    out = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+    out["prompt_index"] = np.repeat(np.arange(len(prompts["tokens"])), num_samples)
+    return out
 
 
-def kl_to_reference(model_def: ModelDef, params: Any, ref_params: Any, samples: dict) -> tuple[float, float]:
-    """KL(pi || pi_ref) ~ mean over y ~ pi of log pi(y) - log pi_ref(y) (samples drawn at T=1)."""
+def kl_to_reference(model_def: ModelDef, params: Any, ref_params: Any, samples: dict,
+                    ref_def: ModelDef | None = None) -> tuple[float, float]:
+    """KL(pi || pi_ref) ~ mean over y ~ pi of log pi(y) - log pi_ref(y) (samples drawn at T=1); `ref_def`
+    when the reference is another model (e.g. without the policy's value head)."""
     args = (samples["tokens"], samples["mask"], samples["completion_mask"])
-    diff = completion_logps(model_def, params, *args) - completion_logps(model_def, ref_params, *args)
+    diff = completion_logps(model_def, params, *args) - completion_logps(ref_def or model_def, ref_params, *args)
     return mean_stderr(np.asarray(diff))
 
 
 def implicit_reward_accuracy(model_def: ModelDef, params: Any, ref_params: Any, pairs: dict[str, np.ndarray],
-                             batch_size: int = 64) -> float:
+                             batch_size: int = 64, ref_def: ModelDef | None = None) -> float:
     """Fraction of pairs with rho(chosen) > rho(rejected), rho = log pi/pi_ref (DPO's implicit reward);
     ties count half (0.5 for the reference itself), as the held-out figures of `pjax.train`."""
     hits = []
     for i in range(0, len(pairs["tokens"]), batch_size):
         args = tuple(pairs[k][i:i + batch_size] for k in ("tokens", "mask", "completion_mask"))
-        rho = np.asarray(completion_logps(model_def, params, *args) - completion_logps(model_def, ref_params, *args))
+        rho = np.asarray(completion_logps(model_def, params, *args)
+                         - completion_logps(ref_def or model_def, ref_params, *args))
         hits.append((rho[:, 0] > rho[:, 1]) + 0.5 * (rho[:, 0] == rho[:, 1]))
     return float(np.concatenate(hits).mean())
 
@@ -114,7 +120,7 @@ class Heldout:
     prompts: dict[str, np.ndarray]
     prompt_texts: list[str]
     pairs: dict[str, np.ndarray] | None
-    gold: Callable[[str], float] | None
+    gold: Callable[[str, str], float] | None  # (prompt, completion) -> the task's gold or verifiable reward
 
 
 def prompts_from_rows(rows: dict[str, np.ndarray], pad_id: int, length: int) -> dict[str, np.ndarray]:
@@ -141,8 +147,10 @@ def load_heldout(config: ConfigDict, num_prompts: int) -> Heldout:
     if not config.data.path:
         task = data.task
         texts = task.heldout_prompts[:num_prompts]
-        return Heldout(tok, batching.encode_prompts(tok, texts, config.data.max_prompt_len), texts,
-                       batching.encode_pairs(tok, task.heldout_pairs, config.data.max_len), task.gold_reward)
+        gold = task.reward if getattr(task, "reward", None) is not None else \
+            (lambda prompt, completion: task.gold_reward(completion))
+        pairs = batching.encode_pairs(tok, task.heldout_pairs, config.data.max_len) if task.heldout_pairs else None
+        return Heldout(tok, batching.encode_prompts(tok, texts, config.data.max_prompt_len), texts, pairs, gold)
     if data.heldout is None:
         raise ValueError(f"{config.workdir}: evaluation on data.path={config.data.path!r} needs held-out rows: "
                          "set data.num_heldout")
@@ -226,11 +234,13 @@ def _reward_model(config: ConfigDict, loaded: _Loaded):
 
 
 def _scores(samples: dict, texts: list[str], heldout: Heldout, rm) -> dict[str, np.ndarray]:
+    """Rewards of samples under the RM and the gold reward (which reads each sample's prompt)."""
     out = {}
     if rm is not None:
         out["rm"] = rm(samples["tokens"], samples["mask"])
     if heldout.gold is not None:
-        out["gold"] = np.array([heldout.gold(t) for t in texts])
+        prompts = [heldout.prompt_texts[i] for i in samples["prompt_index"]]
+        out["gold"] = np.array([heldout.gold(p, t) for p, t in zip(prompts, texts)])
     return out
 
 
@@ -259,7 +269,7 @@ def evaluate_reward_model(config: ConfigDict, export: str, heldout: Heldout, loa
     if heldout.gold is not None:  # against the true ordering (the labels are Bradley-Terry samples)
         texts = [[heldout.tokenizer.decode(t[(m > 0) & (c > 0)]) for t, m, c in
                   zip(pairs["tokens"][:, j], pairs["mask"][:, j], pairs["completion_mask"][:, j])] for j in (0, 1)]
-        gold = np.array([[heldout.gold(a), heldout.gold(b)] for a, b in zip(*texts)])
+        gold = np.array([[heldout.gold("", a), heldout.gold("", b)] for a, b in zip(*texts)])  # pairs: the synthetic task
         decided = gold[:, 0] != gold[:, 1]
         agree = (aggregated[:, 0] > aggregated[:, 1]) == (gold[:, 0] > gold[:, 1])
         out["gold_agreement"] = float(agree[decided].mean())
@@ -289,10 +299,11 @@ def evaluate_policy(config: ConfigDict, export: str, reference: str | None, held
         out["reference"] = reference
         out.update({f"reference_{name}_reward": mean_stderr(s) for name, s in ref_scores.items()})
         out.update({f"win_rate_{name}": win_rate(scores[name], ref_scores[name]) for name in scores})
-        out["kl_to_reference"] = kl_to_reference(model_def, params, ref_params, samples)
+        out["kl_to_reference"] = kl_to_reference(model_def, params, ref_params, samples, ref_def)
         if heldout.pairs is not None:
             out["implicit_reward_accuracy"] = implicit_reward_accuracy(model_def, params, ref_params, heldout.pairs,
-                                                                       batch_size=config.train.batch_size)
+                                                                       batch_size=config.train.batch_size,
+                                                                       ref_def=ref_def)
         for ex, t in zip(examples, ref_texts):
             ex["reference"] = t
     out["examples"] = examples

@@ -38,7 +38,8 @@ log = logging.getLogger("pjax")
 # preference phase: any objective of the catalogue (pairwise, step-level, unpaired or listwise);
 # `rm` trains a reward model (a scalar head, `model.head='scalar'`, `model.reward_heads` of them) on
 # preference pairs (Bradley-Terry), ranked lists (Plackett-Luce) or scored completions (regression).
-PHASES = {"sft": ("SEQ",), "rm": ("PAIR", "LIST", "SCORE"), "dpo": ("PAIR", "STEP", "UNP", "LIST")}
+PHASES = {"sft": ("SEQ",), "rm": ("PAIR", "LIST", "SCORE"), "dpo": ("PAIR", "STEP", "UNP", "LIST"),
+          "online": ()}  # online: sampled rollouts, `online.algorithm` (pjax.online)
 TRAINS = {"sft": "policy", "rm": "reward", "dpo": "policy"}  # what the phase's objectives read
 
 State = dict[str, Any]
@@ -68,6 +69,13 @@ def validate(config: ConfigDict) -> None:
     """Start-up checks that name the offending key."""
     if config.phase not in PHASES:
         raise ValueError(f"phase={config.phase!r}: expected one of {sorted(PHASES)}")
+    if config.phase == "online":
+        from pjax import online
+
+        online.validate(config)
+        if config.model.head != "lm":
+            raise ValueError(f"model.head={config.model.head!r}: phase='online' trains a policy (model.head='lm')")
+        return _validate_common(config)
     kind = losses.data_kind(config.loss)  # also checks the names and weights
     chosen = f"loss.names={tuple(config.loss.names)}" if config.loss.names else f"loss.name={config.loss.name!r}"
     if losses.trains(config.loss) != TRAINS[config.phase]:
@@ -79,6 +87,13 @@ def validate(config: ConfigDict) -> None:
     if kind not in PHASES[config.phase]:
         raise ValueError(f"{chosen} (data shape {kind}) does not fit "
                          f"phase={config.phase!r} (data shapes {PHASES[config.phase]})")
+    if config.data.packing and kind != "SEQ":
+        raise ValueError(f"data.packing=True packs SFT sequences; {chosen} trains on data shape {kind}")
+    _validate_common(config)
+
+
+def _validate_common(config: ConfigDict) -> None:
+    """The checks every phase shares (training, data, paths, model)."""
     for key in ("steps", "batch_size", "log_every", "save_every", "logprob_chunk", "keep_checkpoints", "grad_accum"):
         if config.train[key] <= 0:
             raise ValueError(f"train.{key}={config.train[key]} must be positive")
@@ -103,8 +118,8 @@ def validate(config: ConfigDict) -> None:
         raise ValueError(f"reward.aggregate={config.reward.aggregate!r}: expected one of {losses.AGGREGATIONS}")
     if config.reward.stats_rows <= 0:
         raise ValueError(f"reward.stats_rows={config.reward.stats_rows} must be positive")
-    if config.data.task != "synthetic":
-        raise ValueError(f"data.task={config.data.task!r}: only 'synthetic' is built in (real data: data.path)")
+    if config.data.task not in TASKS:
+        raise ValueError(f"data.task={config.data.task!r}: the built-in tasks are {TASKS} (real data: data.path)")
     if config.data.bad_rows not in ("fail", "skip"):
         raise ValueError(f"data.bad_rows={config.data.bad_rows!r}: expected 'fail' or 'skip'")
     for key in ("num_heldout", "max_prompt_tokens"):
@@ -113,8 +128,6 @@ def validate(config: ConfigDict) -> None:
     if config.data.num_heldout and not config.data.path:
         raise ValueError(f"data.num_heldout={config.data.num_heldout} holds rows of data.path out, which is not set "
                          "(the synthetic task's held-out split is data.num_heldout_pairs)")
-    if config.data.packing and kind != "SEQ":
-        raise ValueError(f"data.packing=True packs SFT sequences; {chosen} trains on data shape {kind}")
     if config.data.path and not config.data.tokenizer and config.data.chat_template:
         raise ValueError("data.chat_template is set but data.tokenizer is not: name the tokenizer the template is for")
     if config.init_from and config.import_from:
@@ -138,6 +151,15 @@ def validate_for_mesh(config: ConfigDict, mesh: jax.sharding.Mesh | jax.sharding
     if config.data.max_len % sp:
         raise ValueError(f"data.max_len={config.data.max_len} is not divisible by the sequence-parallel size {sp} "
                          f"(mesh axes {seq_axes} of sharding.preset={config.sharding.preset!r})")
+    if config.phase == "online":
+        o = config.online
+        rows = o.prompts_per_iteration * (1 if o.algorithm in ("online_dpo", "xpo") else o.samples_per_prompt)
+        minibatch = rows // o.num_minibatches
+        if minibatch % dp:
+            raise ValueError(f"the online minibatch of {minibatch} samples (online.prompts_per_iteration x "
+                             f"online.samples_per_prompt / online.num_minibatches) is not divisible by the "
+                             f"data-parallel size {dp} (mesh axes {axes})")
+        return
     k = config.train.grad_accum
     if config.train.batch_size % (dp * k):
         raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the data-parallel size "
@@ -206,9 +228,13 @@ def make_setup(config: ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
     model_def = models.build(cfg)
     rules = sharding.config_rules(config.sharding)
     param_shardings = sharding.tree_shardings(model_def.logical_specs, model_def.shapes, mesh, rules)
-    tx = make_optimizer(config.optim, config.train.steps, model_def.logical_specs)
-    setup = Setup(config, mesh, rules, model_def, tx, schedule(config.optim, config.train.steps), param_shardings,
-                  None, None)
+    total = config.train.steps
+    if config.phase == "online":  # train.steps counts iterations, each several optimizer steps
+        from pjax import online
+
+        total *= online.updates_per_iteration(config)
+    tx = make_optimizer(config.optim, total, model_def.logical_specs)
+    setup = Setup(config, mesh, rules, model_def, tx, schedule(config.optim, total), param_shardings, None, None)
     abstract = jax.eval_shape(setup.state_from_params, model_def.shapes)
     replicated = NamedSharding(mesh, PartitionSpec())
     # `tree_map_params` runs `tx.init` eagerly on placeholders: keep its scalars off the mesh (which may
@@ -223,14 +249,19 @@ def make_setup(config: ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
     return setup
 
 
-def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
+def make_loss_fn(config: ConfigDict, model_def: models.ModelDef, temperature: float = 1.0) -> Callable:
     """`loss_fn(params, ref_params, batch, loss_state) -> (loss, (metrics, new_loss_state))`.
 
     Reward-model objectives get the scalar head's rewards at each row's last token. Otherwise it
     computes the per-token log-probs the configured objectives need (the policy's; the reference's
     unless the batch carries precomputed `ref_logps`; KTO's mismatched `kl_*` rows; WPO's
-    `log sum p^2`) and hands them to `losses.combined`.
+    `log sum p^2`) and hands them to `losses.combined`. `temperature`: log-probs at logits / T (online
+    pairwise objectives on samples drawn at T).
     """
+    if config.phase == "online":
+        from pjax import online
+
+        return online.make_loss_fn(config, model_def)
     cfg = config.loss
     needs_ref = losses.needs_reference(cfg)
     chunk = config.train.logprob_chunk
@@ -241,7 +272,7 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
     def logps(params, tokens, mask, with_log_sum_p2=False, batch=None):
         packed = {} if batch is None else {k: batch[k] for k in ("positions", "segment_ids") if k in batch}
         return models.sequence_token_logprobs(model_def, params, tokens, mask, chunk_size=chunk,
-                                              with_log_sum_p2=with_log_sum_p2, **packed)
+                                              with_log_sum_p2=with_log_sum_p2, temperature=temperature, **packed)
 
     def reference(ref_params, batch, prefix=""):
         if f"{prefix}ref_logps" in batch:
@@ -413,7 +444,7 @@ def load_data(config: ConfigDict) -> Data:
 
     d = config.data
     kind = losses.data_kind(config.loss)
-    task = synthetic.build_task(synthetic_config(config)) if not (d.path and d.tokenizer) else None
+    task = build_task(config) if not (d.path and d.tokenizer) else None
     tok = load_tokenizer(config) if d.tokenizer else task.tokenizer
     vocab = model_config(config).vocab_size
     if tok.vocab_size > vocab:
@@ -422,6 +453,9 @@ def load_data(config: ConfigDict) -> Data:
     if not d.path:
         if kind == "SEQ":
             rows = [{"prompt": p, "completion": c} for p, c in task.sft]
+        elif d.task != "synthetic":
+            raise ValueError(f"data.task={d.task!r} has SFT data and prompts only; {kind} data needs data.path "
+                             "or data.task='synthetic'")
         else:
             rows = synthetic.preference_records(synthetic_config(config), kind, list_size=d.list_size)
         arrays, heldout = _encode_split(config, tok, rows, list(range(len(rows))), kind, None), None
@@ -473,6 +507,21 @@ def _encode_split(config: ConfigDict, tok: Any, rows: list[dict], numbers: list[
     template = chat.resolve_template(tok, d.chat_template) if (d.chat_template or tok.chat_template) else None
     return records.encode(tok, rows, kind, d.max_len, template=template, report=report, row_numbers=numbers,
                           max_prompt_tokens=d.max_prompt_tokens)
+
+
+TASKS = ("synthetic", "arithmetic")
+
+
+def build_task(config: ConfigDict) -> Any:
+    """The built-in task `data.task`: `synthetic` (review sentiment with a gold reward) or `arithmetic`
+    (sums with a verifiable answer)."""
+    from pjax.data import synthetic
+
+    if config.data.task == "arithmetic":
+        from pjax.data import arithmetic
+
+        return arithmetic.build_task(arithmetic_config(config))
+    return synthetic.build_task(synthetic_config(config))
 
 
 def load_tokenizer(config: ConfigDict) -> Any:
@@ -546,6 +595,21 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
+def arithmetic_config(config: ConfigDict):
+    from pjax.data import arithmetic
+
+    d, a = config.data, config.data.arithmetic
+    kwargs = dict(seed=d.seed, num_sft=d.num_sft, num_heldout_prompts=d.num_heldout_prompts,
+                  max_operand=a.max_operand, operations=a.operations, min_terms=a.min_terms, max_terms=a.max_terms,
+                  answer_noise=a.answer_noise, sp_vocab_size=a.sp_vocab_size)
+    if d.cache_dir:
+        kwargs["cache_dir"] = d.cache_dir
+    try:
+        return arithmetic.ArithmeticConfig(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"data.arithmetic / data.*: {e}") from e
+
+
 def synthetic_config(config: ConfigDict):
     from pjax.data import synthetic
 
@@ -602,6 +666,10 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     """`run` inside the mesh and rules: data, checkpoints and resume, the reference, the loop."""
     setup = make_setup(config, mesh)
     validate_for_mesh(config, mesh)
+    if config.phase == "online":
+        from pjax import online
+
+        return online.run(config, setup, workdir, preemption)
     data = load_data(config)
     arrays = data.arrays
     ckpts = checkpoint.PhaseCheckpoints(workdir, keep=config.train.keep_checkpoints,
@@ -609,10 +677,10 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
                                         async_save=config.train.async_checkpoint)
     needs_reference = losses.needs_reference(config.loss)
     has_own = ckpts.latest_step() is not None
-    new_head = config.init_from and _parent_head(config.init_from) != setup.model_def.cfg.head
+    new_head = bool(config.init_from) and new_heads(config.init_from, setup.model_def.cfg)
     if config.init_from and (needs_reference or not has_own):
         checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg),
-                                       ignore=("head", "reward_heads") if new_head else ())
+                                       ignore=("head", "reward_heads", "value_head") if new_head else ())
     checkpoint.pin_parent(workdir, config.init_from, resuming=has_own)
     imported = (lambda: import_params(setup, config.import_from)) if config.import_from else None
     state, saved_position, source = checkpoint.resume(
@@ -661,25 +729,33 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     return summary
 
 
-def _parent_head(export: str) -> str | None:
+def new_heads(export: str, cfg: LlamaConfig) -> bool:
+    """Whether this model has heads its parent export lacks (a partial restore: `backbone_with_fresh_head`)."""
     meta = checkpoint.export_metadata(export)
-    return None if meta is None else meta.get("model", {}).get("head", "lm")
+    if meta is None:
+        return False
+    model = meta.get("model", {})
+    return (model.get("head", "lm"), model.get("reward_heads", 1), model.get("value_head", False)) != \
+        (cfg.head, cfg.reward_heads, cfg.value_head)
 
 
 def backbone_with_fresh_head(setup: Setup, export: str) -> Any:
-    """A partial restore: the parent export's backbone (embeddings, layers, final norm) under this
-    model's freshly initialised head, e.g. a reward model (`score`) started from an SFT export (whose
-    LM head, when untied, is left out). Placed with the train state's shardings."""
+    """A partial restore: the parent export's parameters wherever this model has the same ones
+    (embeddings, layers, final norm; the LM head of a policy) and freshly initialised heads elsewhere,
+    e.g. a reward model (`score`) from an SFT export (whose LM head is left out), or a PPO policy with a
+    new value head (`value`). Placed with the train state's shardings."""
     parent_def, parent, _ = checkpoint.load_export(export, setup.mesh, setup.rules)
     fresh = jax.jit(setup.model_def.init, out_shardings=setup.param_shardings)(jax.random.key(setup.config.seed))
-    heads = ("lm_head", "score")
-    params = {k: v for k, v in parent.items() if k not in heads}
-    params.update({k: v for k, v in fresh.items() if k in heads})
-    if jax.tree.structure(params) != jax.tree.structure(fresh):
+    heads = ("lm_head", "score", "value")
+    params = {k: v for k, v in parent.items() if k in fresh and (k not in heads or k == "lm_head")}
+    params.update({k: v for k, v in fresh.items() if k not in params})
+    if jax.tree.structure(params) != jax.tree.structure(fresh) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fresh))):
         raise ValueError(f"init_from={export!r}: its parameters {sorted(parent)} do not give this model's "
-                         f"{sorted(fresh)} under a new head")
-    log.info("partial restore: backbone from %s (head %r), fresh %r head", export, parent_def.cfg.head,
-             setup.model_def.cfg.head)
+                         f"{sorted(fresh)} under new heads")
+    new = sorted(k for k in fresh if k not in parent)
+    log.info("partial restore: %s from %s (head %r), fresh %s", sorted(k for k in params if k in parent), export,
+             parent_def.cfg.head, new)
     return params
 
 

@@ -107,5 +107,18 @@ def sequence_rewards(model_def: ModelDef, params: Params, tokens: jax.Array, mas
     return rewards.reshape(tokens.shape[:-1] + rewards.shape[1:])
 
 
+def sequence_logprobs_and_values(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array, *,
+                                 chunk_size: int = 128, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """One forward of a policy with a value head (`model.value_head`): per-token log-probs of
+    tokens[..., 1:] (as `sequence_token_logprobs`) and the values `[..., T-1]` float32 of the states
+    that predict them (the value at position t-1 is that of the prefix before token t)."""
+    model, tok, hidden = _forward(model_def, params, tokens, mask)
+    logps = token_logprobs(hidden[:, :-1], model.head_kernel(), tok[:, 1:], chunk_size=chunk_size,
+                           temperature=temperature)
+    values = hidden[:, :-1].astype(jnp.float32) @ model.value[...].astype(jnp.float32)
+    shape = (*tokens.shape[:-1], tokens.shape[-1] - 1)
+    return logps.reshape(shape), values.reshape(shape)
+
+
 __all__ = ["Llama", "LlamaConfig", "ModelDef", "build", "init_cache", "positions_from_mask", "preset",
-           "sequence_rewards", "sequence_token_logprobs", "token_logprobs"]
+           "sequence_logprobs_and_values", "sequence_rewards", "sequence_token_logprobs", "token_logprobs"]

@@ -56,6 +56,7 @@ class LlamaConfig:
     scan_layers: bool = True
     head: str = "lm"  # lm: next-token logits | scalar: one reward/value per sequence (read at its last token)
     reward_heads: int = 1  # scalar head: E > 1 is an ensemble of E reward heads on one backbone ([D, E])
+    value_head: bool = False  # lm head: also a per-token value head on the same backbone (PPO, shared)
     attn_bias: bool = False  # Qwen2: biases on the q/k/v projections (not on the output projection)
     # Mistral: query index i sees key index j iff i - window < j <= i (Hugging Face's convention); 0 = off.
     sliding_window: int = 0
@@ -80,6 +81,9 @@ class LlamaConfig:
         if self.reward_heads < 1 or (self.reward_heads > 1 and self.head != "scalar"):
             raise ValueError(f"model.reward_heads={self.reward_heads}: must be >= 1, and > 1 only with "
                              f"model.head='scalar' (it is {self.head!r})")
+        if self.value_head and self.head != "lm":
+            raise ValueError(f"model.value_head=True: a value head shares an LM policy's backbone (model.head='lm', "
+                             f"not {self.head!r})")
         if not isinstance(self.attn_bias, bool):
             raise ValueError(f"model.attn_bias={self.attn_bias!r}: expected True or False")
         if self.head not in ("lm", "scalar"):
@@ -98,7 +102,8 @@ class LlamaConfig:
             attn += hd * (self.n_heads + 2 * self.n_kv_heads)
         layer = attn + 3 * d * f + 2 * d
         separate_lm_head = self.head == "lm" and not self.tie_embeddings
-        emb = self.vocab_size * d * (2 if separate_lm_head else 1) + (d * self.reward_heads if self.head == "scalar" else 0)
+        emb = self.vocab_size * d * (2 if separate_lm_head else 1) + (d * self.reward_heads if self.head == "scalar" else 0) \
+            + (d if self.value_head else 0)
         return self.n_layers * layer + emb + d
 
 
@@ -283,6 +288,8 @@ class Llama(nnx.Module):
             self.score = _param(rngs, shape, axes, pd, scale=1.0 / math.sqrt(cfg.d_model))
         elif not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd)
+        if cfg.value_head:
+            self.value = _param(rngs, (cfg.d_model,), ("embed",), pd, scale=1.0 / math.sqrt(cfg.d_model))
 
     def head_kernel(self) -> Array:
         """The LM head as a `[D, V]` matrix (the transposed embedding when tied)."""

@@ -71,3 +71,16 @@ def test_logprob_memory_chunked_below_naive():
     assert r["chunked_temp_bytes"] < full
     assert r["naive_temp_bytes"] >= full  # the naive head does hold [B, T, V] float32
     assert r["naive_over_chunked"] == pytest.approx(r["naive_temp_bytes"] / r["chunked_temp_bytes"])
+
+
+def test_cli_decode_tiny(tmp_path):
+    """`--decode`: every row generates the requested tokens; tokens/s = rows x tokens / median time."""
+    out = tmp_path / "decode.json"
+    cmd = [sys.executable, "-m", "experiments.bench", "--decode", "--config=configs/grpo_tiny.py", "--steps=2",
+           "--warmup=0", "--prompt-len=4", "--completion-len=6", "--config.train.batch_size=3", f"--out={out}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["rows"] == 3 and result["new_tokens"] == 6
+    assert math.isclose(result["decode_tokens_per_s"], 3 * 6 / result["generate_s_median"], rel_tol=1e-9)

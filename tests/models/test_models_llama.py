@@ -557,3 +557,25 @@ def test_scalar_head_reads_the_last_real_token(tied):
             last = max(np.flatnonzero(mask[b]))
             np.testing.assert_allclose(float(got[which, b]), hidden[b, last] @ score, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(float(got[0, 0]), float(got[1, 0]), rtol=1e-4, atol=1e-5)
+
+
+def test_value_head_shares_the_backbone():
+    """`model.value_head`: one forward gives the LM's log-probs of tokens[1:] and the values of the
+    states that predict them (the float64 NumPy decoder's hidden state at t-1 times the value vector)."""
+    cfg = tiny_cfg(value_head=True)
+    model_def = build(cfg)
+    params = perturbed_params(model_def, seed=5)
+    assert params["value"].shape == (cfg.d_model,) and cfg.num_params == sum(a.size for a in jax.tree.leaves(params))
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(3, cfg.vocab_size, size=(2, 7)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    mask[1, :2] = 0  # left padding
+    from pjax.models import sequence_logprobs_and_values
+
+    logps, values = jax.jit(lambda p, t, m: sequence_logprobs_and_values(model_def, p, t, m))(params, tokens, mask)
+    hidden = np_llama_hidden(params, cfg, tokens, np_positions(mask), mask)
+    np.testing.assert_allclose(np.asarray(values), hidden[:, :-1] @ np.asarray(params["value"], np.float64),
+                               rtol=1e-4, atol=1e-4)
+    plain = {k: v for k, v in params.items() if k != "value"}
+    want = sequence_token_logprobs(build(tiny_cfg()), plain, tokens, mask)
+    np.testing.assert_allclose(np.asarray(logps), np.asarray(want), rtol=1e-6, atol=1e-6)

@@ -1,0 +1,105 @@
+"""Each online algorithm from the same SFT export on the synthetic review task, evaluated on held-out
+prompts: gold reward of samples (mean ± s.e.), win rate against the SFT policy, KL to it.
+
+`python -m experiments.online_results --sft=runs/demo/sft/export --workdir=runs/online_results
+[--iterations=100] [--rm=runs/demo/rm/export]` prints a markdown table (and writes it beside the runs).
+With `--rm`, each algorithm is also run on the learned reward model's reward instead of the gold one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+
+from configs import grpo_tiny, ppo_tiny
+from pjax import eval as evaluation
+from pjax import logs, sharding, train
+
+ALGORITHMS = {  # name -> (base config, online.* overrides, loss.name)
+    "ppo": (ppo_tiny, {}, None),
+    "grpo": (grpo_tiny, {}, None),
+    "grpo (dr_grpo, k3 KL 0.05)": (grpo_tiny, {"loss_aggregation": "dr_grpo", "scale_rewards": "none",
+                                              "kl_coef": 0.05}, None),
+    "rloo": (grpo_tiny, {"algorithm": "rloo"}, None),
+    "online_dpo (dpo)": (grpo_tiny, {"algorithm": "online_dpo"}, "dpo"),
+    "xpo (dpo, alpha 1e-4)": (grpo_tiny, {"algorithm": "xpo", "samples_per_prompt": 1, "xpo_alpha": 1e-4}, "dpo"),
+    "raft": (grpo_tiny, {"algorithm": "raft"}, None),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sft", required=True)
+    parser.add_argument("--workdir", default="runs/online_results")
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--rm", default="", help="also run every algorithm on this reward model's reward")
+    parser.add_argument("--num_prompts", type=int, default=128)
+    parser.add_argument("--arithmetic_sft", default="", help="also GRPO on the arithmetic task from this SFT export")
+    args = parser.parse_args()
+    logs.configure()
+    root = Path(args.workdir).resolve()
+    rewards = ["gold"] + (["rm"] if args.rm else [])
+    rows = []
+    for reward in rewards:
+        for i, (name, (base, overrides, loss)) in enumerate(ALGORITHMS.items()):
+            cfg = base.get_config()
+            cfg.workdir, cfg.init_from = str(root / f"{reward}-{i}"), args.sft
+            cfg.train.steps, cfg.train.progress, cfg.train.save_every = args.iterations, False, args.iterations
+            for key, value in overrides.items():
+                cfg.online[key] = value
+            if loss:
+                cfg.loss.name = loss
+            cfg.online.reward = reward
+            if reward == "rm":
+                cfg.reward.models = (args.rm,)
+            t0 = time.perf_counter()
+            out = train.run(cfg)
+            seconds = time.perf_counter() - t0
+            mesh, rules = sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
+            with jax.set_mesh(mesh), sharding.use_rules(rules):
+                heldout = evaluation.load_heldout(cfg, args.num_prompts)
+                result = evaluation.evaluate_policy(cfg, out["export"], args.sft, heldout,
+                                                    evaluation._Loaded(mesh, rules), evaluation.Options())
+            rows.append({"algorithm": name, "reward": reward, "seconds": round(seconds, 1),
+                         **{k: result.get(k) for k in ("gold_reward", "reference_gold_reward", "win_rate_gold",
+                                                        "kl_to_reference", "rm_reward", "mean_length")}})
+            print(json.dumps(rows[-1]))
+    if args.arithmetic_sft:  # the verifiable task: held-out accuracy (gold reward = 1 for the right answer)
+        from configs import grpo_arithmetic
+
+        cfg = grpo_arithmetic.get_config()
+        cfg.workdir, cfg.init_from, cfg.train.progress = str(root / "arithmetic-grpo"), args.arithmetic_sft, False
+        t0 = time.perf_counter()
+        out = train.run(cfg)
+        seconds = time.perf_counter() - t0
+        mesh, rules = sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
+        with jax.set_mesh(mesh), sharding.use_rules(rules):
+            heldout = evaluation.load_heldout(cfg, args.num_prompts)
+            result = evaluation.evaluate_policy(cfg, out["export"], args.arithmetic_sft, heldout,
+                                                evaluation._Loaded(mesh, rules), evaluation.Options())
+        rows.append({"algorithm": "grpo (arithmetic, verifiable)", "reward": "gold", "seconds": round(seconds, 1),
+                     **{k: result.get(k) for k in ("gold_reward", "reference_gold_reward", "win_rate_gold",
+                                                    "kl_to_reference", "rm_reward", "mean_length")}})
+        print(json.dumps(rows[-1]))
+    pm = lambda v: f"{v[0]:+.3f} ± {v[1]:.3f}"  # noqa: E731
+    lines = [f"| algorithm | trained on | gold reward, held-out (SFT {pm(rows[0]['reference_gold_reward'])}) | "
+             "win rate vs SFT (gold) | KL to SFT (nats/seq) | wall time (s) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["algorithm"].startswith("grpo (arithmetic"):
+            lines.append(f"| {r['algorithm']}: held-out accuracy, SFT {pm(r['reference_gold_reward'])} | "
+                         f"{r['reward']} | {pm(r['gold_reward'])} | {pm(r['win_rate_gold'])} | "
+                         f"{pm(r['kl_to_reference'])} | {r['seconds']:.0f} |")
+            continue
+        lines.append(f"| {r['algorithm']} | {r['reward']} | {pm(r['gold_reward'])} | {pm(r['win_rate_gold'])} | "
+                     f"{pm(r['kl_to_reference'])} | {r['seconds']:.0f} |")
+    table = "\n".join(lines)
+    (root / "online_results.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

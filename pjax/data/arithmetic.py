@@ -1,0 +1,286 @@
+"""Synthetic integer-arithmetic task with a verifiable reward (for GRPO-style RL).
+
+A prompt is an expression of 2-3 (configurable) non-negative operands, ``"q : 7 + 12 - 3 ="``; its
+completion is the value with a leading space, ``" 16"`` (negative values are written ``" -4"``;
+``*`` binds tighter than ``+`` and ``-``). :func:`reward` is 1.0 when the first integer in a
+completion equals the prompt's value and 0.0 otherwise. Everything is generated deterministically
+from ``ArithmeticConfig.seed``; the SentencePiece model is seed- and config-independent (apart from
+``sp_vocab_size``) and cached on disk beside the review-sentiment task's (`pjax.data.synthetic`).
+
+Differences from `pjax.data.synthetic.SyntheticTask`: the reward needs the prompt, so
+``ArithmeticTask.gold_reward`` is None and ``ArithmeticTask.reward(prompt, completion)`` takes its
+place; there are no preference pairs (``pairs`` and ``heldout_pairs`` are empty lists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+from pjax.data.tokenizer import SentencePieceTokenizer
+
+# Bump whenever the prompt format or the tokenizer corpus / options change: it keys the tokenizer cache.
+GENERATOR_VERSION = "arithmetic-v1"
+PROMPT_PREFIX = "q :"
+SUPPORTED_OPERATIONS = ("+", "-", "*")
+# Characters of the corpus: SentencePiece's whitespace marker, digits, prompt text and operators.
+_ALPHABET = "\u2581" + "0123456789" + "q:=" + "".join(SUPPORTED_OPERATIONS)
+MIN_VOCAB_SIZE = 4 + len(_ALPHABET)  # pad, unk, bos, eos + one piece per character
+MAX_TERMS = 8
+NOISE_OFFSETS = (-3, -2, -1, 1, 2, 3)  # a noisy SFT answer is the true one plus one of these
+_TOKENIZER_SEED, _TOKENIZER_LINES, _TOKENIZER_MAX_OPERAND = 12345, 3000, 999
+_SP_OPTIONS = {"split_digits": True, "hard_vocab_limit": False}
+_STREAMS = {"sft": 0, "heldout_prompts": 1, "noise": 2}
+_EXPR = re.compile(r"q : (\d+(?: [-+*] \d+)*) =")
+_INT = re.compile(r"-?\d+")
+_MAX_DIGITS = 64  # longer digit runs in a completion never match (and never reach int())
+
+
+def _default_cache_dir() -> str:
+    return str(Path(os.environ.get("PJAX_CACHE", "~/.cache/pjax")).expanduser() / "synthetic")
+
+
+@dataclass
+class ArithmeticConfig:
+    """Task size, operand range and SFT answer noise.
+
+    Operands are drawn uniformly from ``0..max_operand``, the number of terms uniformly from
+    ``min_terms..max_terms`` and each operator uniformly from ``operations`` (a sequence of
+    ``"+"``, ``"-"``, ``"*"``, or a string such as ``"+-"``). With probability ``answer_noise`` an
+    SFT completion is wrong (the true value plus an offset from ``NOISE_OFFSETS``), giving an RL
+    phase something to fix. ``sp_vocab_size`` is an upper bound: digits are split one per piece,
+    so the corpus has only 27 distinct pieces and the tokenizer's ``vocab_size`` is
+    ``min(sp_vocab_size, 27)`` (it must be >= 21, one piece per character plus 4 special pieces).
+    ``cache_dir`` defaults to ``$PJAX_CACHE/synthetic`` (``PJAX_CACHE`` defaults to ``~/.cache/pjax``).
+    """
+
+    seed: int = 0
+    num_sft: int = 4000
+    num_heldout_prompts: int = 256
+    max_operand: int = 20
+    operations: Sequence[str] = ("+", "-")
+    min_terms: int = 2
+    max_terms: int = 3
+    answer_noise: float = 0.0
+    sp_vocab_size: int = 64
+    cache_dir: str = field(default_factory=_default_cache_dir)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"ArithmeticConfig.{name} {why}, got {getattr(self, name)!r}")
+
+        for name in ("seed", "num_sft", "num_heldout_prompts"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.max_operand < 1:
+            raise bad("max_operand", "must be >= 1")
+        ops = tuple(self.operations)
+        if not ops or any(op not in SUPPORTED_OPERATIONS for op in ops) or len(set(ops)) != len(ops):
+            raise bad("operations", f"must be distinct operators from {SUPPORTED_OPERATIONS}")
+        self.operations = ops
+        if not 1 <= self.min_terms <= MAX_TERMS:
+            raise bad("min_terms", f"must be in [1, {MAX_TERMS}]")
+        if not self.min_terms <= self.max_terms <= MAX_TERMS:
+            raise bad("max_terms", f"must be in [min_terms={self.min_terms}, {MAX_TERMS}]")
+        if not 0.0 <= self.answer_noise <= 1.0:
+            raise bad("answer_noise", "must be in [0, 1]")
+        if self.sp_vocab_size < MIN_VOCAB_SIZE:
+            raise bad("sp_vocab_size", f"must be >= {MIN_VOCAB_SIZE}")
+        if self.num_heldout_prompts > self.num_prompts // 2:
+            raise bad("num_heldout_prompts", f"must be at most half of the {self.num_prompts} distinct prompts "
+                      f"(raise max_operand, max_terms or the operations)")
+
+    @property
+    def num_prompts(self) -> int:
+        """Number of distinct prompts: sum over n terms of ``(max_operand + 1)^n * len(operations)^(n - 1)``."""
+        k, m = len(tuple(self.operations)), self.max_operand + 1
+        return sum(m**n * k ** (n - 1) for n in range(self.min_terms, self.max_terms + 1))
+
+
+def format_prompt(operands: Sequence[int], operations: Sequence[str]) -> str:
+    """``"q : a op b op c ="`` for non-negative ``operands`` and ``len(operands) - 1`` operators."""
+    if len(operations) != len(operands) - 1 or any(x < 0 for x in operands):
+        raise ValueError(f"need n >= 1 non-negative operands and n - 1 operators, got {operands}, {operations}")
+    rest = "".join(f" {op} {int(x)}" for op, x in zip(operations, operands[1:]))
+    return f"{PROMPT_PREFIX} {int(operands[0])}{rest} ="
+
+
+def format_answer(value: int) -> str:
+    """The completion for ``value``: a leading space (TRL's prompt + completion convention), then the integer."""
+    return f" {int(value)}"
+
+
+def _evaluate(tokens: list[str]) -> int:
+    """Value of ``[a, op, b, op, c, ...]`` with ``*`` before ``+``/``-`` (left to right otherwise)."""
+    total, sign, term = 0, 1, int(tokens[0])
+    for op, x in zip(tokens[1::2], tokens[2::2]):
+        if op == "*":
+            term *= int(x)
+        else:
+            total += sign * term
+            sign, term = (1 if op == "+" else -1), int(x)
+    return total + sign * term
+
+
+def answer(prompt: str) -> int:
+    """The value of the (last) expression ``"q : ... ="`` in ``prompt``, so a prompt wrapped in other
+    text (a chat template) works too. Parsed by a regex and evaluated without ``eval``."""
+    found = _EXPR.findall(prompt)
+    if not found:
+        raise ValueError(f"no arithmetic expression 'q : a op b ... =' in prompt {prompt!r}")
+    return _evaluate(found[-1].split(" "))
+
+
+def parse_completion(completion: str) -> int | None:
+    """The first integer (an optional ``-`` directly before digits) in ``completion``, or None."""
+    m = _INT.search(completion)
+    if m is None or len(m.group()) > _MAX_DIGITS:
+        return None
+    return int(m.group())
+
+
+def reward(prompt: str, completion: str) -> float:
+    """1.0 if the first integer in ``completion`` equals ``answer(prompt)``, else 0.0 (also when the
+    completion holds no integer). Whitespace and text around the number do not matter; ``"- 4"`` is
+    read as 4, not -4. Raises ValueError for a prompt without an expression."""
+    value = parse_completion(completion)
+    return float(value is not None and value == answer(prompt))
+
+
+def rewards(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """:func:`reward` of each (prompt, completion), TRL reward-function style."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    return [reward(p, c) for p, c in zip(prompts, completions)]
+
+
+def sample_prompt(rng: np.random.Generator, cfg: ArithmeticConfig) -> str:
+    """A prompt with ``min_terms..max_terms`` operands in ``0..max_operand`` (all uniform)."""
+    n = int(rng.integers(cfg.min_terms, cfg.max_terms + 1))
+    operands = [int(x) for x in rng.integers(0, cfg.max_operand + 1, size=n)]
+    ops = [cfg.operations[int(i)] for i in rng.integers(0, len(cfg.operations), size=n - 1)]
+    return format_prompt(operands, ops)
+
+
+def _rng(seed: int, stream: str) -> np.random.Generator:
+    return np.random.default_rng([seed, _STREAMS[stream]])
+
+
+@dataclass
+class ArithmeticTask:
+    """Generated data: (prompt, completion) SFT examples and held-out prompts, with a verifiable reward.
+
+    ``sft_noisy[i]`` tells whether ``sft[i]``'s answer was made wrong (``answer_noise``). Held-out
+    prompts are distinct and never occur among the SFT prompts (SFT prompts may repeat).
+    ``gold_reward`` is None: use ``reward(prompt, completion)``. ``pairs`` and ``heldout_pairs``
+    are empty (no preference data), kept so code reading SyntheticTask's fields does not break.
+    """
+
+    sft: list[tuple[str, str]]
+    sft_noisy: list[bool]
+    heldout_prompts: list[str]
+    tokenizer: SentencePieceTokenizer
+    config: ArithmeticConfig
+    pairs: list[tuple[str, str, str]] = field(default_factory=list)
+    heldout_pairs: list[tuple[str, str, str]] = field(default_factory=list)
+    gold_reward: None = None
+
+    @staticmethod
+    def answer(prompt: str) -> int:
+        return answer(prompt)
+
+    @staticmethod
+    def reward(prompt: str, completion: str) -> float:
+        return reward(prompt, completion)
+
+    @staticmethod
+    def rewards(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        return rewards(prompts, completions)
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Seed- and config-independent corpus: all operators, operands up to 999, signed answers."""
+    cfg = ArithmeticConfig(max_operand=_TOKENIZER_MAX_OPERAND, operations=SUPPORTED_OPERATIONS,
+                           min_terms=1, max_terms=4, num_heldout_prompts=0, cache_dir="")
+    rng = np.random.default_rng(_TOKENIZER_SEED)
+    lines = []
+    for _ in range(_TOKENIZER_LINES):
+        prompt = sample_prompt(rng, cfg)
+        lines.append(prompt + format_answer(answer(prompt)))
+    return lines
+
+
+def train_arithmetic_sentencepiece(texts: list[str], model_prefix: str, vocab_size: int) -> str:
+    """`pjax.data.tokenizer.train_sentencepiece`'s BPE model (same special ids pad=0, unk=1, bos=2,
+    eos=3, identity normalisation, one thread) plus ``split_digits`` (every digit its own piece) and
+    a soft vocabulary limit. Returns ``<model_prefix>.model``."""
+    if not texts:
+        raise ValueError("train_arithmetic_sentencepiece needs at least one text")
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size, model_type="bpe",
+        character_coverage=1.0, normalization_rule_name="identity", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+        num_threads=1, minloglevel=2, **_SP_OPTIONS,
+    )
+    path = f"{model_prefix}.model"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(proto.getvalue())
+    return path
+
+
+def tokenizer_cache_path(cfg: ArithmeticConfig) -> Path:
+    """Cache file of the task tokenizer, keyed by generator version, trainer options and vocab size."""
+    key = json.dumps([GENERATOR_VERSION, cfg.sp_vocab_size, _SP_OPTIONS, _TOKENIZER_LINES, _TOKENIZER_MAX_OPERAND])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(cfg.cache_dir).expanduser() / f"arith-sp{cfg.sp_vocab_size}-{digest}.model"
+
+
+def load_or_train_tokenizer(cfg: ArithmeticConfig) -> SentencePieceTokenizer:
+    """Load the cached tokenizer or train it, publishing the file atomically."""
+    path = tokenizer_cache_path(cfg)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_prefix = str(path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex}"))
+        tmp = train_arithmetic_sentencepiece(_tokenizer_corpus(), tmp_prefix, cfg.sp_vocab_size)
+        os.replace(tmp, path)
+    return SentencePieceTokenizer(str(path))
+
+
+def _noisy_answer(rng: np.random.Generator, value: int, p: float) -> tuple[int, bool]:
+    """``value``, or with probability ``p`` ``value`` plus an offset (both draws always made)."""
+    noisy, offset = rng.random() < p, NOISE_OFFSETS[int(rng.integers(len(NOISE_OFFSETS)))]
+    return (value + offset, True) if noisy else (value, False)
+
+
+def build_task(cfg: ArithmeticConfig) -> ArithmeticTask:
+    """Generate the task deterministically from ``cfg.seed`` (one RNG stream per split).
+
+    Held-out prompts are drawn first (distinct), so they depend neither on ``num_sft`` nor on
+    ``answer_noise``; SFT prompts are then drawn i.i.d., redrawing any held-out prompt.
+    """
+    rng = _rng(cfg.seed, "heldout_prompts")
+    heldout: dict[str, None] = {}
+    while len(heldout) < cfg.num_heldout_prompts:  # at most half the prompt space: few redraws
+        heldout.setdefault(sample_prompt(rng, cfg))
+    rng, noise_rng = _rng(cfg.seed, "sft"), _rng(cfg.seed, "noise")
+    sft, sft_noisy = [], []
+    for _ in range(cfg.num_sft):
+        prompt = sample_prompt(rng, cfg)
+        while prompt in heldout:
+            prompt = sample_prompt(rng, cfg)
+        value, noisy = _noisy_answer(noise_rng, answer(prompt), cfg.answer_noise)
+        sft.append((prompt, format_answer(value)))
+        sft_noisy.append(noisy)
+    return ArithmeticTask(sft=sft, sft_noisy=sft_noisy, heldout_prompts=list(heldout),
+                          tokenizer=load_or_train_tokenizer(cfg), config=cfg)
