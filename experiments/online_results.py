@@ -31,6 +31,23 @@ ALGORITHMS = {  # name -> (base config, online.* overrides, loss.name)
 }
 
 
+def train_and_evaluate(cfg, name: str, reward: str, num_prompts: int) -> dict:
+    """Run the online phase `cfg`, then its held-out figures against its parent (`cfg.init_from`)."""
+    t0 = time.perf_counter()
+    out = train.run(cfg)
+    seconds = time.perf_counter() - t0
+    mesh, rules = sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
+    with jax.set_mesh(mesh), sharding.use_rules(rules):
+        heldout = evaluation.load_heldout(cfg, num_prompts)
+        result = evaluation.evaluate_policy(cfg, out["export"], cfg.init_from, heldout,
+                                            evaluation._Loaded(mesh, rules), evaluation.Options())
+    row = {"algorithm": name, "reward": reward, "seconds": round(seconds, 1),
+           **{k: result.get(k) for k in ("gold_reward", "reference_gold_reward", "win_rate_gold", "kl_to_reference",
+                                         "rm_reward", "mean_length")}}
+    print(json.dumps(row))
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft", required=True)
@@ -56,35 +73,13 @@ def main() -> None:
             cfg.online.reward = reward
             if reward == "rm":
                 cfg.reward.models = (args.rm,)
-            t0 = time.perf_counter()
-            out = train.run(cfg)
-            seconds = time.perf_counter() - t0
-            mesh, rules = sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
-            with jax.set_mesh(mesh), sharding.use_rules(rules):
-                heldout = evaluation.load_heldout(cfg, args.num_prompts)
-                result = evaluation.evaluate_policy(cfg, out["export"], args.sft, heldout,
-                                                    evaluation._Loaded(mesh, rules), evaluation.Options())
-            rows.append({"algorithm": name, "reward": reward, "seconds": round(seconds, 1),
-                         **{k: result.get(k) for k in ("gold_reward", "reference_gold_reward", "win_rate_gold",
-                                                        "kl_to_reference", "rm_reward", "mean_length")}})
-            print(json.dumps(rows[-1]))
+            rows.append(train_and_evaluate(cfg, name, reward, args.num_prompts))
     if args.arithmetic_sft:  # the verifiable task: held-out accuracy (gold reward = 1 for the right answer)
         from configs import grpo_arithmetic
 
         cfg = grpo_arithmetic.get_config()
         cfg.workdir, cfg.init_from, cfg.train.progress = str(root / "arithmetic-grpo"), args.arithmetic_sft, False
-        t0 = time.perf_counter()
-        out = train.run(cfg)
-        seconds = time.perf_counter() - t0
-        mesh, rules = sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
-        with jax.set_mesh(mesh), sharding.use_rules(rules):
-            heldout = evaluation.load_heldout(cfg, args.num_prompts)
-            result = evaluation.evaluate_policy(cfg, out["export"], args.arithmetic_sft, heldout,
-                                                evaluation._Loaded(mesh, rules), evaluation.Options())
-        rows.append({"algorithm": "grpo (arithmetic, verifiable)", "reward": "gold", "seconds": round(seconds, 1),
-                     **{k: result.get(k) for k in ("gold_reward", "reference_gold_reward", "win_rate_gold",
-                                                    "kl_to_reference", "rm_reward", "mean_length")}})
-        print(json.dumps(rows[-1]))
+        rows.append(train_and_evaluate(cfg, "grpo (arithmetic, verifiable)", "gold", args.num_prompts))
     pm = lambda v: f"{v[0]:+.3f} ± {v[1]:.3f}"  # noqa: E731
     lines = [f"| algorithm | trained on | gold reward, held-out (SFT {pm(rows[0]['reference_gold_reward'])}) | "
              "win rate vs SFT (gold) | KL to SFT (nats/seq) | wall time (s) |", "|---|---|---|---|---|---|"]

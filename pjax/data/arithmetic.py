@@ -15,19 +15,16 @@ place; there are no preference pairs (``pairs`` and ``heldout_pairs`` are empty 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 
-from pjax.data.tokenizer import SentencePieceTokenizer
+from pjax.data.tokenizer import SentencePieceTokenizer, cached_sentencepiece
 
 # Bump whenever the prompt format or the tokenizer corpus / options change: it keys the tokenizer cache.
 GENERATOR_VERSION = "arithmetic-v1"
@@ -220,25 +217,6 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def train_arithmetic_sentencepiece(texts: list[str], model_prefix: str, vocab_size: int) -> str:
-    """`pjax.data.tokenizer.train_sentencepiece`'s BPE model (same special ids pad=0, unk=1, bos=2,
-    eos=3, identity normalisation, one thread) plus ``split_digits`` (every digit its own piece) and
-    a soft vocabulary limit. Returns ``<model_prefix>.model``."""
-    if not texts:
-        raise ValueError("train_arithmetic_sentencepiece needs at least one text")
-    proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size, model_type="bpe",
-        character_coverage=1.0, normalization_rule_name="identity", pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-        num_threads=1, minloglevel=2, **_SP_OPTIONS,
-    )
-    path = f"{model_prefix}.model"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(proto.getvalue())
-    return path
-
-
 def tokenizer_cache_path(cfg: ArithmeticConfig) -> Path:
     """Cache file of the task tokenizer, keyed by generator version, trainer options and vocab size."""
     key = json.dumps([GENERATOR_VERSION, cfg.sp_vocab_size, _SP_OPTIONS, _TOKENIZER_LINES, _TOKENIZER_MAX_OPERAND])
@@ -247,14 +225,8 @@ def tokenizer_cache_path(cfg: ArithmeticConfig) -> Path:
 
 
 def load_or_train_tokenizer(cfg: ArithmeticConfig) -> SentencePieceTokenizer:
-    """Load the cached tokenizer or train it, publishing the file atomically."""
-    path = tokenizer_cache_path(cfg)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_prefix = str(path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex}"))
-        tmp = train_arithmetic_sentencepiece(_tokenizer_corpus(), tmp_prefix, cfg.sp_vocab_size)
-        os.replace(tmp, path)
-    return SentencePieceTokenizer(str(path))
+    """Load the cached tokenizer or train it (every digit its own piece), publishing it atomically."""
+    return cached_sentencepiece(tokenizer_cache_path(cfg), _tokenizer_corpus, cfg.sp_vocab_size, **_SP_OPTIONS)
 
 
 def _noisy_answer(rng: np.random.Generator, value: int, p: float) -> tuple[int, bool]:

@@ -14,14 +14,13 @@ import hashlib
 import json
 import math
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pjax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from pjax.data.tokenizer import SentencePieceTokenizer, cached_sentencepiece
 
 # Bump whenever the lexicon, templates or generator change: it keys the tokenizer cache.
 GENERATOR_VERSION = "synthetic-reviews-v1"
@@ -246,13 +245,7 @@ def tokenizer_cache_path(cfg: SyntheticConfig) -> Path:
 
 def load_or_train_tokenizer(cfg: SyntheticConfig) -> SentencePieceTokenizer:
     """Load the cached tokenizer or train it, publishing the file atomically."""
-    path = tokenizer_cache_path(cfg)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_prefix = str(path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex}"))
-        tmp = train_sentencepiece(_tokenizer_corpus(), tmp_prefix, cfg.sp_vocab_size)
-        os.replace(tmp, path)
-    return SentencePieceTokenizer(str(path))
+    return cached_sentencepiece(tokenizer_cache_path(cfg), _tokenizer_corpus, cfg.sp_vocab_size)
 
 
 def build_task(cfg: SyntheticConfig) -> SyntheticTask:

@@ -18,7 +18,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -228,12 +229,13 @@ def _spm_proto_from_gguf(path: Path, meta: dict[str, Any], special_ids: set[int]
     return model.SerializeToString()
 
 
-def train_sentencepiece(texts: list[str], model_prefix: str, vocab_size: int) -> str:
+def train_sentencepiece(texts: list[str], model_prefix: str, vocab_size: int, **options: Any) -> str:
     """Train a BPE SentencePiece model on ``texts`` and return ``<model_prefix>.model``.
 
     Special ids: pad=0, unk=1, bos=2, eos=3. Normalisation is the identity so
     that ``decode(encode(x)) == x`` for whitespace-normalised text. Training is
-    single-threaded (deterministic) and silent.
+    single-threaded (deterministic) and silent. ``options``: further trainer
+    options (e.g. ``split_digits=True``).
     """
     if not texts:
         raise ValueError("train_sentencepiece needs at least one text")
@@ -251,12 +253,24 @@ def train_sentencepiece(texts: list[str], model_prefix: str, vocab_size: int) ->
         eos_id=3,
         num_threads=1,
         minloglevel=2,
+        **options,
     )
     path = f"{model_prefix}.model"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.write(proto.getvalue())
     return path
+
+
+def cached_sentencepiece(path: Path, texts: Callable[[], list[str]], vocab_size: int,
+                         **options: Any) -> SentencePieceTokenizer:
+    """The SentencePiece model at ``path``, trained on ``texts()`` first if it is not there yet and
+    published atomically (concurrent processes never read a partial file)."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_prefix = str(path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex}"))
+        os.replace(train_sentencepiece(texts(), tmp_prefix, vocab_size, **options), path)
+    return SentencePieceTokenizer(str(path))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -76,7 +76,9 @@ def test_tokenizer_cache_reused(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("tokenizer retrained despite cache")
 
-    monkeypatch.setattr(synthetic, "train_sentencepiece", fail)
+    from pjax.data import tokenizer
+
+    monkeypatch.setattr(tokenizer, "train_sentencepiece", fail)
     task = build_task(_small(seed=3))
     assert task.tokenizer.model_path == str(path) and os.stat(path).st_mtime_ns == mtime
 
