@@ -142,7 +142,7 @@ def get_config() -> ConfigDict:
 
     # Online policy optimisation (phase='online'; pjax.online): train.steps counts iterations.
     c.online = ConfigDict(dict(
-        algorithm="grpo",  # ppo | grpo | rloo | online_dpo | xpo | raft
+        algorithm="grpo",  # ppo | grpo | rloo | online_dpo | xpo | raft | nash_md
         prompts_per_iteration=8,
         samples_per_prompt=4,  # G: the group of each prompt
         epochs=1,  # passes over an iteration's samples ...
@@ -156,15 +156,18 @@ def get_config() -> ConfigDict:
         clip_eps_high=0.0,  # 0: clip_eps (DAPO's clip-higher when larger)
         loss_aggregation="grpo",  # grpo (per sequence) | dr_grpo (sum / max_new_tokens) | dapo (per token)
         scale_rewards="std",  # grpo advantages: (r - group mean) / group std | none (Dr. GRPO)
-        kl_coef=0.0,  # grpo: beta of the KL-to-reference loss term; ppo: of the KL folded into the token rewards
+        kl_coef=0.0,  # grpo, nash_md: beta of the KL-to-reference loss term; ppo: of the KL in the token rewards
         kl_estimator="k3",  # k1 | k2 | k3
         kl_target=0.0,  # ppo: > 0 adapts kl_coef towards this KL per sequence (Ziegler et al. 2019); 0: fixed
         kl_horizon=10000,
         gamma=1.0,  # ppo: GAE discount ...
         lam=0.95,  # ... and lambda
-        vf_coef=0.1,  # ppo: weight of the clipped value loss (model.value_head=True: shared backbone)
+        vf_coef=0.1,  # ppo: weight of the clipped value loss (model.value_head=True; model.value_backbone)
+        value_from="",  # ppo, value_backbone='separate': the value model's backbone from this export (e.g. the
+        # reward model, as TRL does); "": from init_from, like the policy
         vf_clip=0.2,
         whiten_advantages=True,  # ppo
+        mixture_coef=0.5,  # nash_md: beta of the opponents' geometric mixture pi^(1-beta) pi_ref^beta (TRL's)
         xpo_alpha=1e-5,  # xpo: weight of the policy's log-prob of the reference's samples (TRL's default alpha)
     ))
 

@@ -12,7 +12,8 @@ Each iteration (one of `train.steps`):
 3. Advantages, by algorithm (`pjax.losses.online`):
    - `ppo`: the reward at the last token minus `online.kl_coef` x the KL estimate to the reference at
      every token (`online.kl_target` > 0: the coefficient adapts), GAE (`online.gamma`, `online.lam`)
-     over the values of a value head on the policy's backbone (`model.value_head`), whitened; clipped
+     over the values of a value head (`model.value_head`) on the policy's backbone or on a separate value
+     model's (`model.value_backbone='separate'`, its backbone from `online.value_from` or the parent), whitened; clipped
      policy and value losses (`online.vf_coef`, `online.vf_clip`);
    - `grpo`: group-normalised rewards (`online.scale_rewards`), PPO-clipped token ratios aggregated as
      `online.loss_aggregation` (grpo | dr_grpo | dapo), optional k3 KL to the reference (`online.kl_coef`);
@@ -22,7 +23,11 @@ Each iteration (one of `train.steps`):
      a prompt whose samples all score the same adds no gradient (RLHF Workflow; Guo et al. 2024);
    - `xpo`: one policy and one reference sample per prompt, ordered by the reward, the pairwise objective
      plus `online.xpo_alpha` x the policy's log-prob of the reference's sample (Xie et al. 2024; TRL's XPO);
-   - `raft`: the best completion of each group is fine-tuned on (RAFT / best-of-N SFT, iterated).
+   - `raft`: the best completion of each group is fine-tuned on (RAFT / best-of-N SFT, iterated);
+   - `nash_md`: each policy sample y is compared with a sample y' of the geometric mixture
+     pi^(1-beta) pi_ref^beta (`online.mixture_coef` = beta; `pjax.generate.generate_mixture`) by a pairwise
+     judge built from the reward, P(y > y') = sigmoid(r(y) - r(y')); REINFORCE on P - 1/2 plus
+     `online.kl_coef` x the KL to the reference (Munos et al. 2024; TRL's Nash-MD).
 4. `online.epochs` passes over `online.num_minibatches` minibatches, each one optimizer step of the
    generic `pjax.train.TrainStep` with the algorithm's loss.
 """
@@ -49,8 +54,9 @@ from pjax.metrics import MetricWriter
 
 log = logging.getLogger("pjax")
 
-ALGORITHMS = ("ppo", "grpo", "rloo", "online_dpo", "xpo", "raft")
+ALGORITHMS = ("ppo", "grpo", "rloo", "online_dpo", "xpo", "raft", "nash_md")
 PAIRWISE = ("online_dpo", "xpo")  # train a pairwise objective of the catalogue on sampled pairs
+OPPONENTS = ("xpo", "nash_md")  # each policy sample meets a sample of the reference (xpo) or of the mixture
 
 
 def validate(config: ConfigDict) -> None:
@@ -93,11 +99,17 @@ def validate(config: ConfigDict) -> None:
         raise ValueError(f"online.loss_aggregation={o.loss_aggregation!r}: expected one of {ol.AGGREGATIONS}")
     if o.algorithm == "ppo" and not config.model.value_head:
         raise ValueError("online.algorithm='ppo' needs a value head: set model.value_head=True (a per-token value "
-                         "head on the policy's backbone, started fresh from the parent export)")
+                         "head, started fresh; on the policy's backbone, or model.value_backbone='separate')")
+    if o.value_from and config.model.value_backbone != "separate":
+        raise ValueError(f"online.value_from={o.value_from!r} initialises a separate value model's backbone: set "
+                         "model.value_backbone='separate'")
     if o.kl_estimator not in ol.KL_ESTIMATORS:
         raise ValueError(f"online.kl_estimator={o.kl_estimator!r}: expected one of {ol.KL_ESTIMATORS}")
     if o.scale_rewards not in ol.GROUP_SCALES:
         raise ValueError(f"online.scale_rewards={o.scale_rewards!r}: expected one of {ol.GROUP_SCALES}")
+    if not 0.0 <= o.mixture_coef <= 1.0:
+        raise ValueError(f"online.mixture_coef={o.mixture_coef}: nash_md's geometric-mixture weight of the "
+                         "reference must be in [0, 1]")
     if o.kl_coef and o.algorithm in ("raft", *PAIRWISE):
         raise ValueError(f"online.kl_coef={o.kl_coef}: {o.algorithm} does not use it (pairwise objectives have "
                          "loss.beta; raft none); set it to 0")
@@ -105,7 +117,7 @@ def validate(config: ConfigDict) -> None:
         raise ValueError(f"online.kl_target={o.kl_target} adapts PPO's online.kl_coef, which must then be > 0")
     if config.model.value_head and o.algorithm != "ppo":
         raise ValueError(f"model.value_head=True: only ppo trains a value head (online.algorithm={o.algorithm!r})")
-    if (o.top_k or o.top_p < 1.0) and o.algorithm in ("ppo", "grpo", "rloo"):
+    if (o.top_k or o.top_p < 1.0) and o.algorithm in ("ppo", "grpo", "rloo", "nash_md"):
         raise ValueError(f"online.top_k={o.top_k} / online.top_p={o.top_p}: {o.algorithm}'s importance ratios and "
                          "KL need samples from the policy itself (log-probs at logits / T); use top_k=0, top_p=1")
     if config.train.grad_accum != 1:
@@ -166,6 +178,9 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef) -> Callable:
             value_loss, vm = ol.ppo_value_loss(values, batch["old_values"], batch["returns"], mask, o.vf_clip)
             loss = policy_loss + o.vf_coef * value_loss
             metrics.update({**m, **vm, "policy_loss": policy_loss, "value_loss": value_loss})
+        elif o.algorithm == "nash_md":
+            loss, m = ol.nash_md_loss(logps, batch["ref_logps"], mask, batch["preference"], o.kl_coef)
+            metrics.update(m)
         elif o.algorithm == "grpo":
             loss, m = ol.ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], mask, o.clip_eps,
                                          o.clip_eps_high or o.clip_eps, o.loss_aggregation, max_len=max_new,
@@ -299,6 +314,12 @@ def rollout_batch(config: ConfigDict, samples: dict, rewards: np.ndarray, ref_lo
         if o.algorithm == "xpo":  # the reference's samples, for the exploration term
             pairs.update({f"xpo_{k}": batch[k][1::2] for k in ("tokens", "mask", "completion_mask")})
         return pairs
+    if o.algorithm == "nash_md":  # rows [0, B/2): policy samples; [B/2, B): their mixture opponents
+        half = B // 2
+        batch = {k: v[:half] for k, v in batch.items()}
+        batch["preference"] = np.asarray(ol.bradley_terry_preference(rewards[:half], rewards[half:]))
+        batch["ref_logps"] = ref_logps[:half].astype(np.float32)
+        return batch
     if o.algorithm == "ppo":
         mask = jnp.asarray(samples["completion_mask"][:, 1:], jnp.float32)
         token_rewards, _ = ol.ppo_token_rewards(r, jnp.asarray(old), jnp.asarray(ref_logps), mask, kl_coef,
@@ -338,7 +359,7 @@ def run(config: ConfigDict, setup, workdir: Path, preemption) -> dict[str, Any]:
     new_head = bool(config.init_from) and train.new_heads(config.init_from, setup.model_def.cfg)
     if config.init_from and not has_own:
         checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg),
-                                       ignore=("value_head",) if new_head else ())
+                                       ignore=train.HEAD_FIELDS if new_head else ())
     checkpoint.pin_parent(workdir, config.init_from, resuming=has_own)
     state, saved, source = checkpoint.resume(
         ckpts, config.init_from, setup.abstract_state, fresh=lambda: setup.init_state(config.seed),
@@ -386,17 +407,21 @@ def run(config: ConfigDict, setup, workdir: Path, preemption) -> dict[str, Any]:
                 rng, max_new_tokens=config.generate.max_new_tokens, eos_id=stop_ids, pad_id=tok.pad_id,
                 temperature=T, top_k=o.top_k, top_p=o.top_p))
             policy_samples = samples
-            if o.algorithm == "xpo":  # one more sample per prompt, from the reference
-                ref_samples = jax.device_get(generate.generate(
-                    ref_def, ref_params, jnp.asarray(prompts.tokens[rows]), jnp.asarray(prompts.mask[rows]),
-                    jax.random.fold_in(rng, 1), max_new_tokens=config.generate.max_new_tokens, eos_id=stop_ids,
-                    pad_id=tok.pad_id, temperature=T, top_k=o.top_k, top_p=o.top_p))
-                samples = {k: np.concatenate([samples[k], ref_samples[k]]) for k in samples}
+            if o.algorithm in OPPONENTS:  # one opponent per policy sample: the reference's or the mixture's
+                kw = dict(max_new_tokens=config.generate.max_new_tokens, eos_id=stop_ids, pad_id=tok.pad_id,
+                          temperature=T, top_k=o.top_k, top_p=o.top_p)
+                prompt_rows = (jnp.asarray(prompts.tokens[rows]), jnp.asarray(prompts.mask[rows]),
+                               jax.random.fold_in(rng, 1))
+                opponents = jax.device_get(
+                    generate.generate(ref_def, ref_params, *prompt_rows, **kw) if o.algorithm == "xpo" else
+                    generate.generate_mixture(setup.model_def, state["params"], ref_def, ref_params,
+                                              o.mixture_coef, *prompt_rows, **kw))
+                samples = {k: np.concatenate([samples[k], opponents[k]]) for k in samples}
             ref_logps = np.asarray(jax.device_get(ref_fn(ref_params, samples["tokens"], samples["mask"])))
             values = np.asarray(jax.device_get(value_fn(state["params"], samples["tokens"], samples["mask"]))) \
                 if o.algorithm == "ppo" else None
             t_gen = time.perf_counter() - t0
-            texts = [prompts.texts[i] for i in rows] * (2 if o.algorithm == "xpo" else 1)
+            texts = [prompts.texts[i] for i in rows] * (2 if o.algorithm in OPPONENTS else 1)
             completions = [tok.decode(c[:n]) for c, n in zip(samples["completion"], samples["lengths"])]
             all_rewards, all_ended = scorer(texts, completions, samples)
             batch = rollout_batch(config, samples, all_rewards, ref_logps, values, kl_coef)
@@ -434,6 +459,8 @@ def run(config: ConfigDict, setup, workdir: Path, preemption) -> dict[str, Any]:
                 "completions/clipped_ratio": float(1.0 - ended.mean()),
                 "time/generation_s": t_gen, "time/training_s": t_train,
             })
+            if o.algorithm in OPPONENTS:
+                row["reward/opponent_mean"] = float(all_rewards[n_policy:].mean())
             if o.algorithm == "ppo":
                 row["kl_coef"] = kl_coef
                 if o.kl_target > 0:  # adaptive: towards kl_target nats per sequence

@@ -680,7 +680,7 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     new_head = bool(config.init_from) and new_heads(config.init_from, setup.model_def.cfg)
     if config.init_from and (needs_reference or not has_own):
         checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg),
-                                       ignore=("head", "reward_heads", "value_head") if new_head else ())
+                                       ignore=HEAD_FIELDS if new_head else ())
     checkpoint.pin_parent(workdir, config.init_from, resuming=has_own)
     imported = (lambda: import_params(setup, config.import_from)) if config.import_from else None
     state, saved_position, source = checkpoint.resume(
@@ -729,31 +729,41 @@ def _run_phase(config: ConfigDict, mesh: jax.sharding.Mesh, workdir: Path,
     return summary
 
 
+HEAD_FIELDS = ("head", "reward_heads", "value_head", "value_backbone")  # what a partial restore may change
+
+
 def new_heads(export: str, cfg: LlamaConfig) -> bool:
     """Whether this model has heads its parent export lacks (a partial restore: `backbone_with_fresh_head`)."""
     meta = checkpoint.export_metadata(export)
     if meta is None:
         return False
-    model = meta.get("model", {})
-    return (model.get("head", "lm"), model.get("reward_heads", 1), model.get("value_head", False)) != \
-        (cfg.head, cfg.reward_heads, cfg.value_head)
+    model = {**dict(head="lm", reward_heads=1, value_head=False, value_backbone="shared"), **meta.get("model", {})}
+    return any(model[k] != getattr(cfg, k) for k in HEAD_FIELDS)
 
 
 def backbone_with_fresh_head(setup: Setup, export: str) -> Any:
     """A partial restore: the parent export's parameters wherever this model has the same ones
     (embeddings, layers, final norm; the LM head of a policy) and freshly initialised heads elsewhere,
     e.g. a reward model (`score`) from an SFT export (whose LM head is left out), or a PPO policy with a
-    new value head (`value`). Placed with the train state's shardings."""
+    new value head (`value`). A separate value model (`critic`) takes its backbone from
+    `online.value_from` (e.g. the reward model, as TRL does) or else from the parent, under a fresh value
+    head. Placed with the train state's shardings."""
     parent_def, parent, _ = checkpoint.load_export(export, setup.mesh, setup.rules)
     fresh = jax.jit(setup.model_def.init, out_shardings=setup.param_shardings)(jax.random.key(setup.config.seed))
-    heads = ("lm_head", "score", "value")
+    heads = ("lm_head", "score", "value", "critic")
     params = {k: v for k, v in parent.items() if k in fresh and (k not in heads or k == "lm_head")}
+    value_from = setup.config.online.value_from if setup.config.phase == "online" else ""
+    if "critic" in fresh and "critic" not in parent:
+        source = parent if not value_from else checkpoint.load_export(value_from, setup.mesh, setup.rules)[1]
+        params["critic"] = {**{k: source[k] for k in ("embed", "layers", "final_norm")},
+                            "value": fresh["critic"]["value"]}
+        log.info("value model: backbone from %s, fresh value head", value_from or export)
     params.update({k: v for k, v in fresh.items() if k not in params})
     if jax.tree.structure(params) != jax.tree.structure(fresh) or any(
             a.shape != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fresh))):
-        raise ValueError(f"init_from={export!r}: its parameters {sorted(parent)} do not give this model's "
-                         f"{sorted(fresh)} under new heads")
-    new = sorted(k for k in fresh if k not in parent)
+        raise ValueError(f"init_from={export!r}{f' and online.value_from={value_from!r}' if value_from else ''}: "
+                         f"their parameters ({sorted(parent)}) do not give this model's {sorted(fresh)} under new heads")
+    new = sorted("critic.value" if k == "critic" else k for k in fresh if k not in parent)
     log.info("partial restore: %s from %s (head %r), fresh %s", sorted(k for k in params if k in parent), export,
              parent_def.cfg.head, new)
     return params

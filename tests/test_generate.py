@@ -121,3 +121,38 @@ def test_rows_stop_at_any_of_several_stop_ids(tiny_model):
         expected = hits[0] + 1 if len(hits) else 6
         assert lengths[row] == expected and (comp[row, :expected] == free[row, :expected]).all()
     assert lengths[0] <= 3 and lengths[1] <= 2
+
+
+def _full_logprobs(model_def, params, tokens, mask, temperature):
+    """NumPy log-softmax of every position's next-token logits / T, from one full forward."""
+    module = model_def.module(params)
+    hidden, _ = module(tokens, models.positions_from_mask(mask), mask)
+    logits = np.asarray(hidden @ module.head_kernel(), np.float64) / temperature
+    return logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_geometric_mixture_samples_and_scores_with_the_normalised_mixture(tiny_model, beta):
+    """Nash-MD's sampler: log pi_mix = log_softmax((1 - beta) log pi + beta log pi_ref) at logits / T, checked
+    against full forwards of both models in NumPy; beta = 0 / 1 draw exactly the policy's / reference's tokens."""
+    from pjax.generate import generate_mixture
+
+    model_def, params = tiny_model
+    ref_params = jax.jit(model_def.init)(jax.random.key(7))
+    tokens, mask = _prompts()
+    T, P = 0.8, tokens.shape[1]
+    kw = dict(max_new_tokens=8, eos_id=3, pad_id=0, temperature=T)
+    out = generate_mixture(model_def, params, model_def, ref_params, beta, tokens, mask, jax.random.key(4), **kw)
+    lp = _full_logprobs(model_def, params, out["tokens"], out["mask"], T)
+    lq = _full_logprobs(model_def, ref_params, out["tokens"], out["mask"], T)
+    mix = (1 - beta) * lp + beta * lq
+    mix = mix - np.log(np.exp(mix).sum(-1, keepdims=True))
+    drawn = np.asarray(out["tokens"])[:, P:]
+    expected = np.take_along_axis(mix[:, P - 1:-1], drawn[..., None], -1)[..., 0]
+    valid = np.asarray(out["completion_mask"])[:, P:]
+    assert valid.sum() > 0
+    np.testing.assert_allclose(np.asarray(out["logprobs"]) * valid, expected * valid, atol=2e-5)
+    if beta in (0.0, 1.0):
+        alone = generate(model_def, params if beta == 0.0 else ref_params, tokens, mask, jax.random.key(4), **kw)
+        np.testing.assert_array_equal(np.asarray(alone["tokens"]), np.asarray(out["tokens"]))

@@ -46,19 +46,23 @@ def sft_export(tmp_path_factory):
 @pytest.mark.parametrize("algorithm,extra", [("ppo", {"kl_coef": 0.05, "kl_target": 1.0, "epochs": 2}),
                                              ("grpo", {"kl_coef": 0.05, "loss_aggregation": "dr_grpo"}),
                                              ("rloo", {}), ("online_dpo", {}), ("xpo", {"samples_per_prompt": 1, "xpo_alpha": 0.1}),
-                                             ("raft", {"samples_per_prompt": 2})])
+                                             ("raft", {"samples_per_prompt": 2}),
+                                             ("nash_md", {"samples_per_prompt": 1, "kl_coef": 0.1, "mixture_coef": 0.5})])
 def test_two_iterations_sample_with_the_current_params(sft_export, tmp_path, caplog, algorithm, extra):
     import logging
 
     caplog.set_level(logging.INFO, logger="pjax")
     cfg = online_config(tmp_path, sft_export, algorithm=algorithm, **extra)
     cfg.model.value_head = algorithm == "ppo"
+    if algorithm == "ppo":  # a separate value model here; test_a_resumed_run_continues_exactly shares the backbone
+        cfg.model.value_backbone = "separate"
     cfg.loss.name = "dpo"
     out = train.run(cfg)
     rows = out["history"]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
-    if algorithm == "ppo":  # the SFT export's backbone and LM head under a fresh value head
-        assert "partial restore" in caplog.text and "fresh ['value']" in caplog.text
+    if algorithm == "ppo":  # the SFT export's backbone and LM head; the value model's backbone from it too
+        assert "partial restore" in caplog.text and "fresh ['critic.value']" in caplog.text
+        assert f"value model: backbone from {cfg.init_from}, fresh value head" in caplog.text
         assert {"value_loss", "val/clipfrac", "kl_coef"} <= set(rows[0])
         assert rows[1]["kl_coef"] != rows[0]["kl_coef"]  # adaptive: moved towards kl_target
     for r in rows:
@@ -72,6 +76,10 @@ def test_two_iterations_sample_with_the_current_params(sft_export, tmp_path, cap
             assert key in r and np.isfinite(r[key]), key
     if algorithm == "xpo":
         assert "xpo/ref_sample_logp" in rows[0]
+    if algorithm in ("xpo", "nash_md"):
+        assert np.isfinite(rows[0]["reward/opponent_mean"])
+    if algorithm == "nash_md":
+        assert 0.0 < rows[0]["nash_md/preference"] < 1.0
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the SFT export is policy and reference at step 0
     meta = checkpoint.export_metadata(out["export"])
     assert meta["phase"] == "online" and meta["step"] == 2 and meta["online"]["algorithm"] == algorithm
@@ -105,6 +113,7 @@ def test_python_reward_function_and_missing_eos_penalty(sft_export, tmp_path, mo
     ("top_k", 5, "online.top_k=5"),
     ("kl_target", 2.0, "online.kl_target=2.0 adapts PPO's"),
     ("scale_rewards", "mad", "online.scale_rewards='mad'"),
+    ("mixture_coef", 1.5, "online.mixture_coef=1.5"),
 ])
 def test_bad_online_configs_name_the_key(tmp_path, key, value, match):
     cfg = grpo_tiny.get_config()
@@ -177,3 +186,41 @@ def test_rollout_batches_place_log_probs_and_pair_samples():
     cfg.online.algorithm, cfg.online.samples_per_prompt = "raft", 2
     raft = online.rollout_batch(cfg, samples, np.array([0.5, 1.5, 2.0, 2.0]), ref)
     np.testing.assert_array_equal(raft["weights"], [0, 1, 0, 0])
+
+    cfg.online.algorithm, cfg.online.samples_per_prompt = "nash_md", 1
+    nash = online.rollout_batch(cfg, samples, np.array([0.5, 1.5, 2.0, -1.0]), ref)  # rows 2-3: mixture samples
+    np.testing.assert_array_equal(nash["tokens"], samples["tokens"][:2])
+    np.testing.assert_array_equal(nash["ref_logps"], ref[:2])
+    np.testing.assert_allclose(nash["preference"], 1 / (1 + np.exp(-np.array([0.5 - 2.0, 1.5 + 1.0]))), rtol=1e-6)
+
+
+def test_separate_value_model_starts_from_value_from(sft_export, tmp_path):
+    """`model.value_backbone='separate'`: the policy (backbone and LM head) comes from init_from, the value
+    model's backbone from `online.value_from` (here a reward-model-shaped export), its value head fresh."""
+    import jax
+
+    from pjax import models, sharding
+
+    cfg = online_config(tmp_path, sft_export, algorithm="ppo")
+    cfg.model.value_head, cfg.model.value_backbone = True, "separate"
+    rm_cfg = train.model_config(cfg)
+    rm_def = models.build(type(rm_cfg)(**{**rm_cfg.__dict__, "head": "scalar", "value_head": False,
+                                          "value_backbone": "shared"}))
+    rm_params = jax.jit(rm_def.init)(jax.random.key(11))
+    checkpoint.export_params(tmp_path / "rm_export", rm_params, {"phase": "rm", "model": rm_def.cfg.__dict__})
+    cfg.online.value_from = str(tmp_path / "rm_export")
+    train.validate(cfg)
+    mesh = sharding.make_mesh(cfg.mesh.shape)
+    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(cfg.sharding)):
+        setup = train.make_setup(cfg, mesh)
+        params = jax.device_get(train.backbone_with_fresh_head(setup, cfg.init_from))
+        _, sft_params, _ = checkpoint.load_export(cfg.init_from, mesh, setup.rules)
+        sft_params = jax.device_get(sft_params)
+    for key in ("embed", "final_norm"):
+        jax.tree.map(np.testing.assert_array_equal, params[key], sft_params[key])
+        jax.tree.map(np.testing.assert_array_equal, params["critic"][key], jax.device_get(rm_params[key]))
+    jax.tree.map(np.testing.assert_array_equal, params["critic"]["layers"], jax.device_get(rm_params["layers"]))
+    assert params["critic"]["value"].shape == (cfg.model.d_model,)
+    cfg.model.value_backbone = "shared"
+    with pytest.raises(ValueError, match="online.value_from="):
+        train.validate(cfg)

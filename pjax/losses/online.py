@@ -353,3 +353,33 @@ def rloo_loss(seq_logp: Array, old_seq_logp: Array, advantages: Array, clip_eps:
     loss = _clipped_surrogate(ratio, advantages, clip_eps, eps_high).mean()
     sg = jax.lax.stop_gradient
     return loss, _clip_metrics(sg(ratio), sg(advantages), jnp.ones_like(ratio), clip_eps, eps_high)
+
+
+def bradley_terry_preference(rewards_a: Array, rewards_b: Array) -> Array:
+    """A pairwise preference judge from a reward model: P(a > b) = sigmoid(r_a - r_b) (Bradley-Terry;
+    TRL's Nash-MD / XPO with a reward model)."""
+    chex.assert_equal_shape((rewards_a, rewards_b))
+    return jax.nn.sigmoid(jnp.asarray(rewards_a, jnp.float32) - jnp.asarray(rewards_b, jnp.float32))
+
+
+def nash_md_loss(logp: Array, ref_logp: Array, mask: Array, preference: Array, kl_coef: Scalar) -> tuple[Array, Metrics]:
+    """Nash-MD's policy-gradient loss (Munos et al. 2024, "Nash Learning from Human Feedback"; TRL's
+    NashMDTrainer) on samples y ~ pi, each compared with a sample y' of the geometric mixture:
+
+        L = mean_b [ kl_coef * sum_t sg(logp - ref_logp)_t logp_t  -  (P(y > y') - 1/2) * sum_t logp_t ]
+
+    REINFORCE on the preference with 1/2 as the control variate, plus the KL to the reference by
+    REINFORCE (its gradient is that of KL(pi || pi_ref) along the samples). `preference` `[B]`:
+    P(y_b > y'_b) from the judge. Metrics: `nash_md/preference`, `nash_md/score` (the REINFORCE term)
+    and `nash_md/kl` (sequence k1 KL of the samples).
+    """
+    _check_tokens(logp, ref_logp, mask)
+    chex.assert_shape(preference, (logp.shape[0],))
+    mask = mask.astype(jnp.float32)
+    seq_logp = (logp * mask).sum(-1)
+    log_ratio = jax.lax.stop_gradient(logp - ref_logp) * mask
+    score = (preference - 0.5) * seq_logp
+    loss = (kl_coef * (log_ratio * logp).sum(-1) - score).mean()
+    sg = jax.lax.stop_gradient
+    return loss, {"nash_md/preference": preference.mean(), "nash_md/score": sg(score).mean(),
+                  "nash_md/kl": log_ratio.sum(-1).mean()}

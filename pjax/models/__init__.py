@@ -109,13 +109,19 @@ def sequence_rewards(model_def: ModelDef, params: Params, tokens: jax.Array, mas
 
 def sequence_logprobs_and_values(model_def: ModelDef, params: Params, tokens: jax.Array, mask: jax.Array, *,
                                  chunk_size: int = 128, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """One forward of a policy with a value head (`model.value_head`): per-token log-probs of
-    tokens[..., 1:] (as `sequence_token_logprobs`) and the values `[..., T-1]` float32 of the states
-    that predict them (the value at position t-1 is that of the prefix before token t)."""
+    """A policy with a value head (`model.value_head`): per-token log-probs of tokens[..., 1:] (as
+    `sequence_token_logprobs`) and the values `[..., T-1]` float32 of the states that predict them (the
+    value at position t-1 is that of the prefix before token t). One forward when the value head shares
+    the policy's backbone; a second one through the value model's (`model.value_backbone='separate'`)."""
     model, tok, hidden = _forward(model_def, params, tokens, mask)
     logps = token_logprobs(hidden[:, :-1], model.head_kernel(), tok[:, 1:], chunk_size=chunk_size,
                            temperature=temperature)
-    values = hidden[:, :-1].astype(jnp.float32) @ model.value[...].astype(jnp.float32)
+    critic = model
+    if model_def.cfg.value_backbone == "separate":
+        critic = model.critic
+        msk = mask.reshape(tok.shape)
+        hidden, _ = critic(tok, positions_from_mask(msk), msk)
+    values = hidden[:, :-1].astype(jnp.float32) @ critic.value[...].astype(jnp.float32)
     shape = (*tokens.shape[:-1], tokens.shape[-1] - 1)
     return logps.reshape(shape), values.reshape(shape)
 

@@ -56,7 +56,8 @@ class LlamaConfig:
     scan_layers: bool = True
     head: str = "lm"  # lm: next-token logits | scalar: one reward/value per sequence (read at its last token)
     reward_heads: int = 1  # scalar head: E > 1 is an ensemble of E reward heads on one backbone ([D, E])
-    value_head: bool = False  # lm head: also a per-token value head on the same backbone (PPO, shared)
+    value_head: bool = False  # lm head: also a per-token value head (PPO) ...
+    value_backbone: str = "shared"  # ... on the policy's backbone | "separate": on its own copy (a value model)
     attn_bias: bool = False  # Qwen2: biases on the q/k/v projections (not on the output projection)
     # Mistral: query index i sees key index j iff i - window < j <= i (Hugging Face's convention); 0 = off.
     sliding_window: int = 0
@@ -84,6 +85,11 @@ class LlamaConfig:
         if self.value_head and self.head != "lm":
             raise ValueError(f"model.value_head=True: a value head shares an LM policy's backbone (model.head='lm', "
                              f"not {self.head!r})")
+        if self.value_backbone not in ("shared", "separate"):
+            raise ValueError(f"model.value_backbone={self.value_backbone!r}: expected 'shared' or 'separate'")
+        if self.value_backbone == "separate" and not self.value_head:
+            raise ValueError("model.value_backbone='separate' places a value head on its own backbone: set "
+                             "model.value_head=True")
         if not isinstance(self.attn_bias, bool):
             raise ValueError(f"model.attn_bias={self.attn_bias!r}: expected True or False")
         if self.head not in ("lm", "scalar"):
@@ -103,8 +109,14 @@ class LlamaConfig:
         layer = attn + 3 * d * f + 2 * d
         separate_lm_head = self.head == "lm" and not self.tie_embeddings
         emb = self.vocab_size * d * (2 if separate_lm_head else 1) + (d * self.reward_heads if self.head == "scalar" else 0) \
-            + (d if self.value_head else 0)
-        return self.n_layers * layer + emb + d
+            + (d if self.value_head and self.value_backbone == "shared" else 0)
+        total = self.n_layers * layer + emb + d
+        return total + (self.critic_config().num_params if self.value_backbone == "separate" else 0)
+
+    def critic_config(self) -> "LlamaConfig":
+        """The separate value model (`value_backbone='separate'`): the policy's backbone shape with a value
+        head and no LM head of its own."""
+        return dataclasses.replace(self, value_backbone="shared", tie_embeddings=True)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -288,7 +300,9 @@ class Llama(nnx.Module):
             self.score = _param(rngs, shape, axes, pd, scale=1.0 / math.sqrt(cfg.d_model))
         elif not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd)
-        if cfg.value_head:
+        if cfg.value_head and cfg.value_backbone == "separate":
+            self.critic = Llama(cfg.critic_config(), rngs=rngs)
+        elif cfg.value_head:
             self.value = _param(rngs, (cfg.d_model,), ("embed",), pd, scale=1.0 / math.sqrt(cfg.d_model))
 
     def head_kernel(self) -> Array:

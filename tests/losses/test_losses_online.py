@@ -391,3 +391,28 @@ def test_rloo_loss_matches_numpy():
     # At r = 1 the gradient is REINFORCE: d loss / d l_b = -A_b / B.
     grad = jax.grad(lambda x: online.rloo_loss(x, f32(old), f32(adv))[0])(f32(old))
     np.testing.assert_allclose(grad, -adv / b, rtol=1e-5, atol=1e-7)
+
+
+def test_bradley_terry_preference_is_the_logistic_of_the_reward_gap():
+    a, b = np.array([0.0, 2.0, -1.0]), np.array([0.0, -1.0, 3.0])
+    np.testing.assert_allclose(online.bradley_terry_preference(a, b), 1 / (1 + np.exp(-(a - b))), rtol=1e-6)
+
+
+def test_nash_md_loss_value_and_gradient_match_the_reinforce_formula():
+    """Value: mean_b [c sum_t (lp - lq) lp - (P - 1/2) sum_t lp]; gradient w.r.t. each token's log-prob:
+    (c (lp - lq)_t - (P_b - 1/2)) / B on real tokens (the KL weight and the preference are constants)."""
+    rng = np.random.default_rng(3)
+    B, T, c = 4, 5, 0.3
+    lp, lq = -rng.uniform(0.1, 3, (B, T)), -rng.uniform(0.1, 3, (B, T))
+    mask = (np.arange(T)[None] < np.array([5, 3, 1, 4])[:, None]).astype(np.float32)
+    pref = rng.uniform(0, 1, B)
+    expected = np.mean([c * ((lp[b] - lq[b]) * lp[b] * mask[b]).sum() - (pref[b] - 0.5) * (lp[b] * mask[b]).sum()
+                        for b in range(B)])
+    f = lambda x: online.nash_md_loss(x, jnp.asarray(lq, jnp.float32), jnp.asarray(mask), jnp.asarray(pref, jnp.float32),
+                                      c)[0]  # noqa: E731
+    np.testing.assert_allclose(f(jnp.asarray(lp, jnp.float32)), expected, rtol=1e-5)
+    grad = jax.grad(f)(jnp.asarray(lp, jnp.float32))
+    np.testing.assert_allclose(grad, (c * (lp - lq) - (pref[:, None] - 0.5)) * mask / B, rtol=1e-5, atol=1e-7)
+    _, m = online.nash_md_loss(jnp.asarray(lp, jnp.float32), jnp.asarray(lq, jnp.float32), jnp.asarray(mask),
+                               jnp.asarray(pref, jnp.float32), c)
+    np.testing.assert_allclose(m["nash_md/kl"], ((lp - lq) * mask).sum(-1).mean(), rtol=1e-5)

@@ -579,3 +579,30 @@ def test_value_head_shares_the_backbone():
     plain = {k: v for k, v in params.items() if k != "value"}
     want = sequence_token_logprobs(build(tiny_cfg()), plain, tokens, mask)
     np.testing.assert_allclose(np.asarray(logps), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+def test_separate_value_model_has_its_own_backbone():
+    """`model.value_backbone='separate'`: the values come from the value model's own backbone (`critic`:
+    embeddings, layers, final norm, value vector), checked with the float64 NumPy decoder on the critic's
+    params; the log-probs are the policy's alone, and the critic adds no LM head."""
+    cfg = tiny_cfg(value_head=True, value_backbone="separate")
+    model_def = build(cfg)
+    params = perturbed_params(model_def, seed=6)
+    assert "value" not in params and set(params["critic"]) == {"embed", "layers", "final_norm", "value"}
+    assert cfg.num_params == sum(a.size for a in jax.tree.leaves(params))
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(3, cfg.vocab_size, size=(2, 7)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    mask[0, :3] = 0
+    from pjax.models import sequence_logprobs_and_values
+
+    logps, values = jax.jit(lambda p, t, m: sequence_logprobs_and_values(model_def, p, t, m))(params, tokens, mask)
+    critic = params["critic"]
+    hidden = np_llama_hidden(critic, tiny_cfg(), tokens, np_positions(mask), mask)
+    np.testing.assert_allclose(np.asarray(values), hidden[:, :-1] @ np.asarray(critic["value"], np.float64),
+                               rtol=1e-4, atol=1e-4)
+    plain = {k: v for k, v in params.items() if k != "critic"}
+    want = sequence_token_logprobs(build(tiny_cfg()), plain, tokens, mask)
+    np.testing.assert_allclose(np.asarray(logps), np.asarray(want), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="model.value_backbone='separate'"):
+        tiny_cfg(value_backbone="separate")
