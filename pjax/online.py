@@ -46,6 +46,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from pjax import checkpoint, distributed, generate, models
@@ -382,10 +383,30 @@ def run(config: ConfigDict, setup, workdir: Path, preemption) -> dict[str, Any]:
     kl_coef = float((saved or {}).get("kl_coef", o.kl_coef))
     scorer = Scorer(config, setup, prompts, tok)
     T, G, P = float(o.temperature), int(o.samples_per_prompt), int(o.prompts_per_iteration)
+    stop_ids = tuple(tok.stop_ids)
+    # every function of the rollout runs on the training mesh (rows split like a training batch, parameters
+    # where they are) and returns its result replicated, so that every host scores the whole iteration
+    replicated = NamedSharding(setup.mesh, PartitionSpec())
+    kw = dict(max_new_tokens=config.generate.max_new_tokens, eos_id=stop_ids, pad_id=tok.pad_id, temperature=T,
+              top_k=o.top_k, top_p=o.top_p)
+
+    def policy_samples_fn(params, ref_params, tokens, mask, rng_data, it):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(rng_data), it)
+        return generate.generate(setup.model_def, params, tokens, mask, rng, **kw)
+
+    def opponent_samples_fn(params, ref_params, tokens, mask, rng_data, it):
+        rng = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(rng_data), it), 1)
+        if o.algorithm == "xpo":  # the reference's samples
+            return generate.generate(ref_def, ref_params, tokens, mask, rng, **kw)
+        return generate.generate_mixture(setup.model_def, params, ref_def, ref_params, o.mixture_coef, tokens, mask,
+                                         rng, **kw)
+
+    sample_policy = jax.jit(policy_samples_fn, out_shardings=replicated)
+    sample_opponents = jax.jit(opponent_samples_fn, out_shardings=replicated)
     ref_fn = jax.jit(lambda p, t, m: models.sequence_token_logprobs(
-        ref_def, p, t, m, chunk_size=config.train.logprob_chunk, temperature=T))
+        ref_def, p, t, m, chunk_size=config.train.logprob_chunk, temperature=T), out_shardings=replicated)
     value_fn = jax.jit(lambda p, t, m: models.sequence_logprobs_and_values(
-        setup.model_def, p, t, m, chunk_size=config.train.logprob_chunk, temperature=T)[1])
+        setup.model_def, p, t, m, chunk_size=config.train.logprob_chunk, temperature=T)[1], out_shardings=replicated)
     step_fn = train.TrainStep(setup)
     per_iteration = updates_per_iteration(config)
     step = int(jax.device_get(state["step"]))
@@ -395,30 +416,21 @@ def run(config: ConfigDict, setup, workdir: Path, preemption) -> dict[str, Any]:
                          f"{saved.get('iteration')} ({per_iteration} steps an iteration): it is inconsistent")
     writer = MetricWriter(workdir, resume_step=start)
     history, preempted = [], False
-    stop_ids = tuple(tok.stop_ids)
     try:
         for it in range(start, config.train.steps):
             t0 = time.perf_counter()
             idx = train.pipeline.batch_indices(len(prompts.texts), it, P, config.seed)
             rows = np.repeat(idx, G)
-            rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), it)
-            samples = jax.device_get(generate.generate(
-                setup.model_def, state["params"], jnp.asarray(prompts.tokens[rows]), jnp.asarray(prompts.mask[rows]),
-                rng, max_new_tokens=config.generate.max_new_tokens, eos_id=stop_ids, pad_id=tok.pad_id,
-                temperature=T, top_k=o.top_k, top_p=o.top_p))
+            placed = setup.device_batch({"tokens": prompts.tokens[rows], "mask": prompts.mask[rows]})
+            args = (state["params"], ref_params, placed["tokens"], placed["mask"], state["rng"], it)
+            samples = jax.device_get(sample_policy(*args))
             policy_samples = samples
             if o.algorithm in OPPONENTS:  # one opponent per policy sample: the reference's or the mixture's
-                kw = dict(max_new_tokens=config.generate.max_new_tokens, eos_id=stop_ids, pad_id=tok.pad_id,
-                          temperature=T, top_k=o.top_k, top_p=o.top_p)
-                prompt_rows = (jnp.asarray(prompts.tokens[rows]), jnp.asarray(prompts.mask[rows]),
-                               jax.random.fold_in(rng, 1))
-                opponents = jax.device_get(
-                    generate.generate(ref_def, ref_params, *prompt_rows, **kw) if o.algorithm == "xpo" else
-                    generate.generate_mixture(setup.model_def, state["params"], ref_def, ref_params,
-                                              o.mixture_coef, *prompt_rows, **kw))
+                opponents = jax.device_get(sample_opponents(*args))
                 samples = {k: np.concatenate([samples[k], opponents[k]]) for k in samples}
-            ref_logps = np.asarray(jax.device_get(ref_fn(ref_params, samples["tokens"], samples["mask"])))
-            values = np.asarray(jax.device_get(value_fn(state["params"], samples["tokens"], samples["mask"]))) \
+            scored = setup.device_batch({"tokens": samples["tokens"], "mask": samples["mask"]})
+            ref_logps = np.asarray(jax.device_get(ref_fn(ref_params, scored["tokens"], scored["mask"])))
+            values = np.asarray(jax.device_get(value_fn(state["params"], scored["tokens"], scored["mask"]))) \
                 if o.algorithm == "ppo" else None
             t_gen = time.perf_counter() - t0
             texts = [prompts.texts[i] for i in rows] * (2 if o.algorithm in OPPONENTS else 1)
