@@ -19,15 +19,19 @@ from configs import grpo_tiny, ppo_tiny
 from pjax import eval as evaluation
 from pjax import logs, sharding, train
 
-ALGORITHMS = {  # name -> (base config, online.* overrides, loss.name)
-    "ppo": (ppo_tiny, {}, None),
-    "grpo": (grpo_tiny, {}, None),
-    "grpo (dr_grpo, k3 KL 0.05)": (grpo_tiny, {"loss_aggregation": "dr_grpo", "scale_rewards": "none",
-                                              "kl_coef": 0.05}, None),
-    "rloo": (grpo_tiny, {"algorithm": "rloo"}, None),
-    "online_dpo (dpo)": (grpo_tiny, {"algorithm": "online_dpo"}, "dpo"),
-    "xpo (dpo, alpha 1e-4)": (grpo_tiny, {"algorithm": "xpo", "samples_per_prompt": 1, "xpo_alpha": 1e-4}, "dpo"),
-    "raft": (grpo_tiny, {"algorithm": "raft"}, None),
+ALGORITHMS = {  # name -> (base config, overrides of config keys)
+    "ppo": (ppo_tiny, {}),
+    "ppo (separate value model)": (ppo_tiny, {"model.value_backbone": "separate"}),
+    "grpo": (grpo_tiny, {}),
+    "grpo (dr_grpo, k3 KL 0.05)": (grpo_tiny, {"online.loss_aggregation": "dr_grpo", "online.scale_rewards": "none",
+                                              "online.kl_coef": 0.05}),
+    "rloo": (grpo_tiny, {"online.algorithm": "rloo"}),
+    "online_dpo (dpo)": (grpo_tiny, {"online.algorithm": "online_dpo", "loss.name": "dpo"}),
+    "xpo (dpo, alpha 1e-4)": (grpo_tiny, {"online.algorithm": "xpo", "online.samples_per_prompt": 1,
+                                          "online.xpo_alpha": 1e-4, "loss.name": "dpo"}),
+    "raft": (grpo_tiny, {"online.algorithm": "raft"}),
+    "nash_md (KL 0.1, mixture 0.5)": (grpo_tiny, {"online.algorithm": "nash_md", "online.kl_coef": 0.1,
+                                                  "online.mixture_coef": 0.5}),
 }
 
 
@@ -56,20 +60,23 @@ def main() -> None:
     parser.add_argument("--rm", default="", help="also run every algorithm on this reward model's reward")
     parser.add_argument("--num_prompts", type=int, default=128)
     parser.add_argument("--arithmetic_sft", default="", help="also GRPO on the arithmetic task from this SFT export")
+    parser.add_argument("--only", default="", help="comma-separated algorithm names (see ALGORITHMS) to run")
     args = parser.parse_args()
     logs.configure()
     root = Path(args.workdir).resolve()
     rewards = ["gold"] + (["rm"] if args.rm else [])
     rows = []
     for reward in rewards:
-        for i, (name, (base, overrides, loss)) in enumerate(ALGORITHMS.items()):
+        for name, (base, overrides) in ALGORITHMS.items():
+            if args.only and name not in args.only.split(","):
+                continue
             cfg = base.get_config()
-            cfg.workdir, cfg.init_from = str(root / f"{reward}-{i}"), args.sft
+            slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+            cfg.workdir, cfg.init_from = str(root / f"{reward}-{slug}"), args.sft
             cfg.train.steps, cfg.train.progress, cfg.train.save_every = args.iterations, False, args.iterations
             for key, value in overrides.items():
-                cfg.online[key] = value
-            if loss:
-                cfg.loss.name = loss
+                section, field = key.split(".")
+                cfg[section][field] = value
             cfg.online.reward = reward
             if reward == "rm":
                 cfg.reward.models = (args.rm,)
