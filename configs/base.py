@@ -140,6 +140,19 @@ def get_config() -> ConfigDict:
 
     c.generate = ConfigDict(dict(max_new_tokens=24))  # evaluation samples (at temperature 1, for the KL)
 
+    # Metric sinks (pjax.metrics; process 0 only). <workdir>/metrics.jsonl is always written, and every
+    # workdir keeps config.json (rerun: --config=pjax/config_io.py:<workdir>) and run_info.json.
+    c.logging = ConfigDict(dict(
+        tensorboard=True,  # TensorBoard events in <workdir>/tb
+        wandb=False,  # Weights & Biases (optional: `pip install wandb`); a resumed run continues its W&B run
+        wandb_project="pjax",
+        wandb_entity="",  # "" = your default entity
+        wandb_name="",  # "" = W&B's generated name
+        wandb_group="",  # e.g. one sweep's or pipeline's runs together
+        wandb_tags=(),
+        wandb_mode="",  # online | offline (`wandb sync` later) | disabled; "" = W&B's default (WANDB_MODE, else online)
+    ))
+
     # Online policy optimisation (phase='online'; pjax.online): train.steps counts iterations.
     c.online = ConfigDict(dict(
         algorithm="grpo",  # ppo | grpo | rloo | online_dpo | xpo | raft | nash_md

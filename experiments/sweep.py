@@ -79,30 +79,46 @@ class Point:
 
 
 def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """`['loss.name=dpo,ipo', 'loss.beta=0.1,0.5']` -> `[('loss.name', ['dpo', 'ipo']), ...]`."""
-    grid = []
+    """`['loss.name=dpo,ipo', 'loss.beta=0.1,0.5']` -> `[('loss.name', ['dpo', 'ipo']), ...]`.
+
+    Keys that vary together (zipped, not crossed) share one flag, their values joined by ':':
+    `'loss.name,loss.beta=dpo:0.1,simpo:2.0'` -> `[('loss.name,loss.beta', ['dpo:0.1', 'simpo:2.0'])]`."""
+    grid: list[tuple[str, list[str]]] = []
+    seen: set[str] = set()
     for spec in specs:
         key, sep, values = spec.partition("=")
-        key = key.strip()
+        keys = [k.strip() for k in key.split(",")]
         items = [v.strip() for v in values.split(",")]
-        if not sep or not key or not all(items):
+        if not sep or not all(keys) or not all(items):
             raise ValueError(f"--grid={spec!r}: expected key=value1,value2,... (e.g. loss.beta=0.05,0.1)")
-        if key == "seed":
+        if "seed" in keys:
             raise ValueError(f"--grid={spec!r}: seeds come from --seeds")
-        if key in dict(grid):
-            raise ValueError(f"--grid={spec!r}: {key} appears in two --grid flags")
+        if seen & set(keys) or len(set(keys)) != len(keys):
+            raise ValueError(f"--grid={spec!r}: {sorted(seen & set(keys)) or keys} appears in two --grid flags")
+        if any(len(v.split(":")) != len(keys) for v in items) and len(keys) > 1:
+            raise ValueError(f"--grid={spec!r}: each value must give {len(keys)} parts joined by ':' ({','.join(keys)})")
         if len(set(items)) != len(items):
             raise ValueError(f"--grid={spec!r}: a value appears twice")
-        grid.append((key, items))
+        seen.update(keys)
+        grid.append((",".join(keys), items))
     return grid
+
+
+def grid_keys(grid: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """Every config key the grid sets (zipped keys one by one)."""
+    return [k for key, _ in grid for k in key.split(",")]
 
 
 def expand(grid: Sequence[tuple[str, Sequence[str]]], seeds: int, base_seed: int) -> list[Point]:
     """The product of the grid's values, each with `seeds` seeds (base_seed, base_seed + 1, ...)."""
     if seeds < 1:
         raise ValueError(f"--seeds={seeds} must be >= 1")
-    keys = [k for k, _ in grid]
-    return [Point(tuple(zip(keys, combo)), base_seed + s)
+
+    def overrides(combo):
+        return tuple((k, v) for (key, _), value in zip(grid, combo)
+                     for k, v in zip(key.split(","), value.split(":") if "," in key else [value]))
+
+    return [Point(overrides(combo), base_seed + s)
             for combo in itertools.product(*(values for _, values in grid)) for s in range(seeds)]
 
 
@@ -305,7 +321,7 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
         if row["status"] == "finished":
             row.update(collect(cfg, evaluate, num_prompts))
         rows.append(row)
-    keys = [k for k, _ in grid]
+    keys = grid_keys(grid)
     write_csv(root / "sweep.csv", rows)
     table = summarize(rows, keys, table_metrics or default_table_metrics(rows))
     (root / "sweep.md").write_text(format_markdown(table, keys) + "\n")

@@ -414,7 +414,7 @@ def run(config: ConfigDict, setup, workdir: Path, preemption) -> dict[str, Any]:
     if saved is not None and (saved.get("iteration") != start or step % per_iteration):
         raise ValueError(f"the checkpoint in {ckpts.directory} is at optimizer step {step} but iteration "
                          f"{saved.get('iteration')} ({per_iteration} steps an iteration): it is inconsistent")
-    writer = MetricWriter(workdir, resume_step=start)
+    writer = MetricWriter(workdir, config, resume_step=start)
     history, preempted = [], False
     try:
         for it in range(start, config.train.steps):

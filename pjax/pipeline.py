@@ -77,7 +77,7 @@ def phase_config(config: ConfigDict, name: str, workdir: Path) -> ConfigDict:
 def config_hash(cfg: ConfigDict) -> str:
     """What identifies a phase's training (its whole config; the run directory's paths excepted)."""
     values = json.loads(cfg.to_json_best_effort(sort_keys=True))
-    for key in ("workdir", "init_from"):
+    for key in ("workdir", "init_from", "logging"):  # where, and what it reports to, not what it trains
         values.pop(key, None)
     values.get("reward", {}).pop("models", None)  # used after training, by evaluation
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -24,10 +24,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from pjax import checkpoint, distributed, logs, losses, models, sharding
+from pjax import checkpoint, config_io, distributed, logs, losses, models, runinfo, sharding
 from pjax.data import pipeline
 from pjax.losses import LossInputs
-from pjax.metrics import MetricWriter
+from pjax.metrics import MetricWriter, validate_logging
 from pjax.models import llama as presets
 from pjax.models.llama import LlamaConfig
 from pjax.optim import make_optimizer, schedule
@@ -107,6 +107,7 @@ def _validate_common(config: ConfigDict) -> None:
         raise ValueError(f"train.keep_every={config.train.keep_every} must be a multiple of "
                          f"train.save_every={config.train.save_every} (it keeps the saved steps divisible by it)")
     sharding.config_rules(config.sharding)  # raises with the key named
+    validate_logging(config)  # logging.*: W&B enabled but not installed fails here
     if config.optim.warmup_steps < 0:
         raise ValueError(f"optim.warmup_steps={config.optim.warmup_steps} must be >= 0")
     for key in ("workdir", "init_from", "import_from"):
@@ -649,7 +650,8 @@ def run(config: ConfigDict) -> dict[str, Any]:
     workdir = Path(config.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if distributed.is_leader():
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        config_io.save_run_config(workdir, config)  # rerun: --config=pjax/config_io.py:<workdir>
+        runinfo.write_run_info(workdir, config)  # one entry per start: versions, commit, command, host
     mesh = sharding.make_mesh(config.mesh.shape)
     rules = sharding.config_rules(config.sharding)
     log.info("phase=%s mesh=%s preset=%s workdir=%s", config.phase, dict(mesh.shape), config.sharding.preset, workdir)
@@ -920,7 +922,7 @@ def train_loop(setup: Setup, state: State, ref_params: Any, arrays: dict[str, np
                          f"{iterator_state}: the checkpoint is inconsistent; use an older step or a new workdir")
     batches = pipeline.HostBatches(arrays, batch_size=tc.batch_size, seed=config.seed,
                                    rows=setup.local_rows(tc.batch_size), state=iterator_state)
-    writer = MetricWriter(workdir, resume_step=start)
+    writer = MetricWriter(workdir, config, resume_step=start)
     history: list[dict[str, float]] = []
     progress = None
     if tc.progress and distributed.is_leader():

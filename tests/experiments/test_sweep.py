@@ -30,6 +30,13 @@ def test_grid_expansion_and_typed_overrides():
         with pytest.raises(ValueError, match=match):
             points = sweep.expand(sweep.parse_grid([bad]), 1, 0)
             sweep.point_config(dpo_tiny.get_config(), points[0], sweep.Path("/tmp/s"))
+    zipped = sweep.parse_grid(["loss.name,loss.beta=dpo:0.1,simpo:2.0", "data.label_noise=0,0.2"])
+    assert sweep.grid_keys(zipped) == ["loss.name", "loss.beta", "data.label_noise"]
+    assert [p.overrides for p in sweep.expand(zipped, 1, 0)] == [
+        (("loss.name", n), ("loss.beta", b), ("data.label_noise", e))
+        for n, b in (("dpo", "0.1"), ("simpo", "2.0")) for e in ("0", "0.2")]
+    with pytest.raises(ValueError, match="2 parts joined by ':'"):
+        sweep.parse_grid(["loss.name,loss.beta=dpo:0.1,simpo"])
     with pytest.raises(ValueError, match=r"--grid train.steps='x': not a int"):
         sweep.set_value(dpo_tiny.get_config(), "train.steps", "x")
 

@@ -1,0 +1,102 @@
+"""A run's resolved config as `<workdir>/config.json`, and back: rerun any point exactly.
+
+    python -m pjax.train --config=pjax/config_io.py:runs/sft --config.workdir=runs/sft_again
+
+(`path:arg` is ml_collections' config-file argument: `get_config(arg)` below loads `arg`'s
+config.json; overrides apply on top as usual. The same workdir would resume that run instead.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ml_collections import ConfigDict
+
+log = logging.getLogger("pjax")
+
+CONFIG_FILE = "config.json"
+
+
+def config_json(config: ConfigDict) -> str:
+    """The config as JSON (tuples become lists; `load_run_config` turns them back)."""
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def save_run_config(workdir: str | os.PathLike, config: ConfigDict) -> Path:
+    """Writes `<workdir>/config.json` atomically; returns its path."""
+    path = Path(workdir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(config_json(config) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_run_config(path: str | os.PathLike) -> ConfigDict:
+    """The config a run saved (`path`: its workdir or its config.json), as a ConfigDict equal to the
+    one it ran with: a phase's config is laid over the current defaults (`configs.base`), so JSON
+    lists become tuples where the field is a tuple, and keys this version added since keep their
+    defaults (logged). Any other JSON config (e.g. a pipeline's `pipeline_config.json`) is read as
+    saved, every list a tuple."""
+    from configs import base
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (a pjax workdir holds the config.json of its run)")
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(saved).__name__}")
+    if "phase" not in saved:  # not a phase's config (e.g. a pipeline's pipeline_config.json): as saved
+        return ConfigDict(_like(saved, None))
+    config = base.get_config()
+    missing: list[str] = []
+    _overlay(config, saved, "", missing, str(path))
+    if missing:
+        log.warning("%s predates config keys %s: they keep their defaults", path, ", ".join(missing))
+    return config
+
+
+def get_config(path: str = "") -> ConfigDict:
+    """ml_collections config-file entry point: `--config=pjax/config_io.py:<workdir or config.json>`."""
+    if not path:
+        raise ValueError("name the run to load: --config=pjax/config_io.py:<workdir or its config.json>")
+    return load_run_config(path)
+
+
+def _overlay(config: ConfigDict, saved: dict[str, Any], prefix: str, missing: list[str], where: str) -> None:
+    for key in config:
+        if key not in saved:
+            missing.append(prefix + key)
+    for key, value in saved.items():
+        name = prefix + key
+        current = config.get(key)
+        if isinstance(current, ConfigDict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: {name} should be an object, got {value!r}")
+            _overlay(current, value, name + ".", missing, where)
+        elif key in config:
+            try:
+                config[key] = _like(value, current)
+            except TypeError as e:
+                raise ValueError(f"{where}: {name}={value!r}: {e}") from e
+        else:  # a key the defaults lack (e.g. a pipeline's phases, an added sharding preset)
+            config[key] = ConfigDict(_like(value, None)) if isinstance(value, dict) else _like(value, None)
+
+
+def _like(value: Any, default: Any) -> Any:
+    """A JSON value in the container types of `default`: lists are tuples unless the default is a list."""
+    if isinstance(value, list):
+        items = [_like(v, None) for v in value]
+        return items if isinstance(default, list) else tuple(items)
+    if isinstance(value, dict):
+        return {k: _like(v, None) for k, v in value.items()}
+    return value
