@@ -22,7 +22,8 @@ Collected per point (`<point>/result.json`): the final and the best value of eve
 (`heldout.json`), and with `--evaluate` the policy's samples on held-out prompts against its parent
 (`pjax.eval.evaluate_policy`: gold / reward-model reward, win rate, KL to the reference). Then:
 `sweep.csv` (a row per point), `sweep.md` (mean ± standard error over seeds per grid point),
-`curves_<metric>.png|svg` (per grid point, the seeds' mean with a ± s.e. band) and, with `--evaluate`,
+`curves_<metric>.png|svg` (the loss and the reward by default; per grid point, the seeds' mean with a
+± s.e. band) and, with `--evaluate`,
 `frontier.png|svg`: reward of samples against KL to the reference, one curve per value of
 `--frontier_by` (default the first grid key) across the other keys' values.
 """
@@ -51,6 +52,7 @@ POINTS_DIR = "points"
 POINT_FILE = "point.json"
 RESULT_FILE = "result.json"
 LAUNCHERS = ("sequential", "processes", "submit")
+REWARD_CURVES = ("reward/mean", "rewards/margins", "margin", "accuracy")  # the first one logged is plotted
 LOWER_IS_BETTER = ("loss", "nll", "kl", "time", "seconds", "perplexity", "error", "logp_diff")
 
 
@@ -261,7 +263,7 @@ def evaluate_point(cfg: ConfigDict, num_prompts: int) -> dict[str, float]:
 def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds: int, workdir: str | Path, *,
               launcher: str = "sequential", parallel: int = 1, submit: str = "", config_file: str = "",
               common_flags: Sequence[str] = (), evaluate: bool = False, num_prompts: int = 128,
-              collect_only: bool = False, curve_metrics: Sequence[str] = ("loss",), frontier_by: str = "",
+              collect_only: bool = False, curve_metrics: Sequence[str] = (), frontier_by: str = "",
               table_metrics: Sequence[str] = ()) -> dict[str, Any]:
     """Expand, run what is not finished, collect, and write `sweep.csv`, `sweep.md` and the plots."""
     from pjax import pipeline, train
@@ -326,7 +328,10 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
     table = summarize(rows, keys, table_metrics or default_table_metrics(rows))
     (root / "sweep.md").write_text(format_markdown(table, keys) + "\n")
     plots = []
-    finished = [p for p in points if configs[p].workdir and status(configs[p]) == "finished"]
+    finished = [p for p in points if status(configs[p]) == "finished"]
+    if not curve_metrics:  # the loss and the phase's reward: online samples', or the implicit reward margin
+        logged = set().union(*(r.keys() for p in finished[:1] for r in _read_rows(Path(configs[p].workdir) / "metrics.jsonl")))
+        curve_metrics = ["loss"] + [m for m in REWARD_CURVES if m in logged][:1]
     for metric in curve_metrics:
         curves = {}
         for p in finished:
@@ -564,7 +569,8 @@ if __name__ == "__main__":
     _EVALUATE = flags.DEFINE_boolean("evaluate", False, "evaluate each policy's samples against its parent")
     _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 128, "held-out prompts for --evaluate")
     _COLLECT_ONLY = flags.DEFINE_boolean("collect_only", False, "run nothing; collect, tabulate and plot")
-    _CURVES = flags.DEFINE_list("curve_metrics", ["loss"], "metrics to plot against the step")
+    _CURVES = flags.DEFINE_list("curve_metrics", [], "metrics to plot against the step (default: the loss and "
+                                "the reward: reward/mean online, rewards/margins offline)")
     _FRONTIER_BY = flags.DEFINE_string("frontier_by", "", "grid key with one frontier curve per value")
     _TABLE = flags.DEFINE_list("table_metrics", [], "columns of sweep.md (default: loss, held-out, eval)")
     app.run(main)
