@@ -2,8 +2,8 @@
 
 `python -m pjax.train --config=configs/grpo_arithmetic.py` (after `configs/sft_arithmetic.py`). 200 iterations
 of 16 prompts x 8 samples at lr 2e-4 raise the held-out accuracy (one T=1 sample per prompt) from about 11%
-to 15%; evaluate on all 512 held-out prompts (`experiments.online_results --num_prompts=512`), 128 are too
-few to see it. A higher learning rate (5e-4) gains less.
+to 15%: `python -m experiments.arithmetic` trains both and compares them on the same 512 held-out prompts
+(many samples each; one sample on 128 prompts is too few to see it). A higher learning rate (5e-4) gains less.
 """
 
 from configs import grpo_tiny, sft_arithmetic

@@ -66,7 +66,7 @@ def test_two_by_two_sweep_end_to_end(sft_export, tmp_path, monkeypatch, caplog):
     base.init_from = str(sft_export / "sft" / "export")
     grid = sweep.parse_grid(["loss.name=dpo,ipo", "loss.beta=0.1,0.5"])
     root = tmp_path / "sweep"
-    kw = dict(evaluate=True, num_prompts=8, curve_metrics=("loss",))
+    kw = dict(evaluate=True, num_prompts=8)
 
     # 1. interrupted: a preemption notice during the first point (SIGTERM -> save and stop) ends the sweep
     original = distributed.PreemptionWatch.reached
@@ -95,8 +95,9 @@ def test_two_by_two_sweep_end_to_end(sft_export, tmp_path, monkeypatch, caplog):
         assert float(r["eval/kl_to_reference"]) == float(r["eval/kl_to_reference"])  # evaluated (not NaN)
     table = (root / "sweep.md").read_text()
     assert table.count("\n| dpo |") + table.count("\n| ipo |") == 4 and "final/loss" in table
-    svg = (root / "curves_loss.svg").read_text()
-    assert len(re.findall(r'id="curve-\d+"', svg)) == 4  # one line per grid point
+    for metric in ("loss", "rewards_margins"):  # the loss and the implicit reward, by default
+        svg = (root / f"curves_{metric}.svg").read_text()
+        assert len(re.findall(r'id="curve-\d+"', svg)) == 4  # one line per grid point
     frontier = (root / "frontier.svg").read_text()
     assert len(re.findall(r'id="frontier-\d+-\d+"', frontier)) == 4  # 2 curves (loss.name) x 2 betas
     assert (root / "frontier.png").stat().st_size > 0
