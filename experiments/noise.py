@@ -35,7 +35,8 @@ def plot(rows: list[dict], stem: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     for name, label in NAMES.items():
-        points = sorted((float(r["data.label_noise"]), r["eval/gold_reward"]) for r in rows if r["loss.name"] == name)
+        points = sorted((float(r["data.label_noise"]), r["eval/gold_reward"]) for r in rows
+                        if r["loss.name"] == name and r["eval/gold_reward"] is not None)
         if points:
             xs = [p[0] for p in points]
             ax.errorbar(xs, [p[1][0] for p in points], yerr=[p[1][1] for p in points], marker="o", capsize=3,
@@ -73,12 +74,15 @@ def main() -> None:
     lines = ["| objective | labels flipped | seeds | gold reward of samples | win rate vs SFT | KL to SFT |",
              "|---|---|---|---|---|---|"]
     for e in table:
+        if e["eval/gold_reward"] is None:  # no finished seed
+            continue
         g, w, k = (e[m] for m in ("eval/gold_reward", "eval/win_rate_gold", "eval/kl_to_reference"))
         lines.append(f"| {NAMES[e['loss.name']]} | {float(e['data.label_noise']):.0%} | {e['seeds']} | "
                      f"{g[0]:+.3f} ± {g[1]:.3f} | {w[0]:.3f} ± {w[1]:.3f} | {k[0]:.2f} ± {k[1]:.2f} |")
     drop = {}
     for name in NAMES:
-        by_noise = {float(e["data.label_noise"]): e["eval/gold_reward"][0] for e in table if e["loss.name"] == name}
+        by_noise = {float(e["data.label_noise"]): e["eval/gold_reward"][0] for e in table
+                    if e["loss.name"] == name and e["eval/gold_reward"] is not None}
         if 0.0 in by_noise and 0.4 in by_noise:
             drop[name] = by_noise[0.0] - by_noise[0.4]
     lines += ["", "Drop in gold reward from 0% to 40% flipped: " +

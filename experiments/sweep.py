@@ -14,8 +14,10 @@ config (e.g. other `--config.*` overrides) is moved aside to `<name>.stale-<time
 
 Launchers: `sequential` (in this process, one after another), `processes` (`--parallel` subprocesses at a
 time, each logging to `<point>/train.log`), `submit` (each pending point's command line handed to a
-cluster scheduler through the `--submit` template, `{command}` the shell-quoted command, `{name}` the
-point's name, `{workdir}` its directory; then `--collect_only` gathers whatever has finished).
+cluster scheduler through the `--submit` template, `{command}` the command line as one shell word, e.g.
+`sbatch --wrap {command}`, `{name}` the point's name, `{workdir}` its directory; then `--collect_only`
+gathers whatever has finished, without moving anything). A point's command line is
+`python -m pjax.train --config=pjax/config_io.py:<point>/point_config.json`: its whole resolved config.
 
 Collected per point (`<point>/result.json`): the final and the best value of every logged metric
 (best = lowest for losses, KL, NLL and times, else highest), the held-out figures of the phase
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -74,7 +77,11 @@ class Point:
     @property
     def name(self) -> str:
         parts = [f"{k}-{v}" for k, v in self.overrides] + [f"seed-{self.seed}"]
-        return "__".join("".join(c if c.isalnum() or c in ".-_" else "_" for c in p) for p in parts)
+        name = "__".join("".join(c if c.isalnum() or c in ".-_" else "_" for c in p) for p in parts)
+        if len(name) > 160 or name != "__".join(parts):  # too long for a file name, or characters replaced
+            digest = hashlib.sha256(repr((self.overrides, self.seed)).encode()).hexdigest()[:10]
+            name = f"{name[:140]}__{digest}"
+        return name
 
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.overrides) or "base"
@@ -196,11 +203,16 @@ def status(cfg: ConfigDict) -> str:
     return "finished" if meta is not None and meta.get("step") == cfg.train.steps else "pending"
 
 
-def command(config_file: str, common_flags: Sequence[str], point: Point, cfg: ConfigDict) -> list[str]:
-    """The point's `python -m pjax.train` command line (what `processes` runs and `submit` hands over)."""
-    return [sys.executable, "-m", "pjax.train", f"--config={config_file}", *common_flags,
-            *(f"--config.{k}={v}" for k, v in point.overrides), f"--config.seed={point.seed}",
-            f"--config.workdir={cfg.workdir}", "--config.train.progress=False"]
+POINT_CONFIG = "point_config.json"
+
+
+def command(cfg: ConfigDict) -> list[str]:
+    """The point's `python -m pjax.train` command line (what `processes` runs and `submit` hands over):
+    its whole resolved config, saved as `<point>/point_config.json` and read back by `pjax.config_io`."""
+    from pjax import config_io
+
+    path = config_io.save_run_config(Path(cfg.workdir), cfg).rename(Path(cfg.workdir) / POINT_CONFIG)
+    return [sys.executable, "-m", "pjax.train", f"--config={Path(config_io.__file__).resolve()}:{path}"]
 
 
 def best_direction(metric: str) -> str:
@@ -261,8 +273,8 @@ def evaluate_point(cfg: ConfigDict, num_prompts: int) -> dict[str, float]:
 
 
 def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds: int, workdir: str | Path, *,
-              launcher: str = "sequential", parallel: int = 1, submit: str = "", config_file: str = "",
-              common_flags: Sequence[str] = (), evaluate: bool = False, num_prompts: int = 128,
+              launcher: str = "sequential", parallel: int = 1, submit: str = "", evaluate: bool = False,
+              num_prompts: int = 128,
               collect_only: bool = False, curve_metrics: Sequence[str] = (), frontier_by: str = "",
               table_metrics: Sequence[str] = ()) -> dict[str, Any]:
     """Expand, run what is not finished, collect, and write `sweep.csv`, `sweep.md` and the plots."""
@@ -270,10 +282,10 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
 
     if launcher not in LAUNCHERS:
         raise ValueError(f"--launcher={launcher!r}: expected one of {LAUNCHERS}")
-    if launcher in ("processes", "submit") and not config_file:
-        raise ValueError(f"--launcher={launcher}: needs the config file (--config) for each point's command line")
     if launcher == "submit" and "{command}" not in submit:
         raise ValueError(f"--submit={submit!r}: the template must contain {{command}}")
+    if frontier_by and frontier_by not in grid_keys(grid):
+        raise ValueError(f"--frontier_by={frontier_by!r}: not one of the grid keys {grid_keys(grid)}")
     root = Path(workdir).expanduser().resolve()
     points = expand(grid, seeds, int(base.seed))
     configs = {p: point_config(base, p, root) for p in points}
@@ -283,12 +295,14 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"sweep point {p.name}: {e}") from e
     _write_json(root / "sweep.json", {"grid": [[k, list(v)] for k, v in grid], "seeds": seeds,
-                                      "config_file": config_file, "common_flags": list(common_flags),
                                       "points": [p.name for p in points]})
     _write_json(root / "base_config.json", json.loads(base.to_json_best_effort()))
-    pending = []
+    pending, failed = [], []
     for p, cfg in configs.items():
         state = status(cfg)
+        if state == "stale" and collect_only:
+            log.warning("sweep: %s was begun with another config or parent export; not collected", p.name)
+            continue
         if state == "stale":
             moved = pipeline.move_aside(Path(cfg.workdir))
             log.warning("sweep: %s was begun with another config or parent export; moved it to %s", p.name, moved)
@@ -301,20 +315,26 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
         for p in pending:
             _write_json(Path(configs[p].workdir) / POINT_FILE, {
                 "name": p.name, "overrides": dict(p.overrides), "seed": p.seed, "identity": identity(configs[p]),
-                "command": command(config_file, common_flags, p, configs[p]) if config_file else None})
+                "command": command(configs[p])})
         if launcher == "sequential":
             for p in pending:
                 log.info("sweep: running %s", p.name)
-                if train.run(configs[p])["preempted"]:
+                try:
+                    preempted = train.run(configs[p])["preempted"]
+                except Exception:  # noqa: BLE001 - the other points go on; raised again after collecting
+                    log.exception("sweep: %s failed", p.name)
+                    failed.append(p.name)
+                    continue
+                if preempted:
                     log.warning("sweep: preempted during %s; run the same command again to resume", p.name)
                     break
         elif launcher == "processes":
-            _run_processes([(p, command(config_file, common_flags, p, configs[p])) for p in pending],
-                           {p: Path(configs[p].workdir) for p in pending}, parallel)
+            failed = _run_processes([(p, command(configs[p])) for p in pending],
+                                    {p: Path(configs[p].workdir) for p in pending}, parallel)
         else:
             for p in pending:
-                line = submit.format(command=shlex.join(command(config_file, common_flags, p, configs[p])),
-                                     name=p.name, workdir=shlex.quote(configs[p].workdir))
+                line = submit.format(command=shlex.quote(shlex.join(command(configs[p]))), name=p.name,
+                                     workdir=shlex.quote(configs[p].workdir))
                 subprocess.run(["bash", "-c", line], check=True)
                 log.info("sweep: submitted %s: %s", p.name, line)
     rows = []
@@ -349,6 +369,9 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
     summary = {"workdir": str(root), "points": len(points), "finished": len(finished),
                "pending": len(points) - len(finished), "rows": rows, "table": table, "plots": [str(p) for p in plots]}
     log.info("sweep: %d of %d points finished; %s", len(finished), len(points), root / "sweep.md")
+    if failed:
+        raise RuntimeError(f"sweep: {len(failed)} point(s) failed: {failed} (their logs say why; run the same "
+                           f"command again to resume them); the others are collected in {root / 'sweep.md'}")
     return summary
 
 
@@ -362,8 +385,9 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
-def _run_processes(jobs: list[tuple[Point, list[str]]], workdirs: dict[Point, Path], parallel: int) -> None:
-    """Run the commands, `parallel` at a time; a failed point is reported, the others go on."""
+def _run_processes(jobs: list[tuple[Point, list[str]]], workdirs: dict[Point, Path], parallel: int) -> list[str]:
+    """Run the commands, `parallel` at a time; returns the names of the points that failed (the others
+    go on)."""
     running: list[tuple[Point, subprocess.Popen, Any]] = []
     failed = []
     queue = list(jobs)
@@ -382,9 +406,7 @@ def _run_processes(jobs: list[tuple[Point, list[str]]], workdirs: dict[Point, Pa
                 if proc.returncode != 0:
                     failed.append(p.name)
                     log.error("sweep: %s exited %d (see %s)", p.name, proc.returncode, workdirs[p] / "train.log")
-    if failed:
-        raise RuntimeError(f"sweep: {len(failed)} point(s) failed: {failed} (their train.log says why; run the "
-                           "same command again to resume them)")
+    return failed
 
 
 # --- tables ---------------------------------------------------------------------------------------------
@@ -543,12 +565,9 @@ def main(argv: Sequence[str]) -> None:
 
     del argv
     logs.configure()
-    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
-    common = [a for a in sys.argv[1:] if a.startswith("--config.")]
     summary = run_sweep(
         _CONFIG.value, parse_grid(_GRID.value or []), _SEEDS.value, _WORKDIR.value, launcher=_LAUNCHER.value,
-        parallel=_PARALLEL.value, submit=_SUBMIT.value, config_file=str(Path(config_file).resolve()),
-        common_flags=common, evaluate=_EVALUATE.value, num_prompts=_NUM_PROMPTS.value,
+        parallel=_PARALLEL.value, submit=_SUBMIT.value, evaluate=_EVALUATE.value, num_prompts=_NUM_PROMPTS.value,
         collect_only=_COLLECT_ONLY.value, curve_metrics=_CURVES.value, frontier_by=_FRONTIER_BY.value,
         table_metrics=_TABLE.value or ())
     print((Path(summary["workdir"]) / "sweep.md").read_text())
@@ -560,6 +579,7 @@ if __name__ == "__main__":
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "The phase config file every point starts from.",
                                               lock_config=True)
+    flags.mark_flag_as_required("config")
     _GRID = flags.DEFINE_multi_string("grid", None, "key=value1,value2,... (repeat for a product)")
     _SEEDS = flags.DEFINE_integer("seeds", 1, "seeds per grid point: the config's seed, +1, ...")
     _WORKDIR = flags.DEFINE_string("workdir", None, "the sweep's directory", required=True)

@@ -101,6 +101,11 @@ def validate(config: ConfigDict) -> None:
     if o.algorithm == "ppo" and not config.model.value_head:
         raise ValueError("online.algorithm='ppo' needs a value head: set model.value_head=True (a per-token value "
                          "head, started fresh; on the policy's backbone, or model.value_backbone='separate')")
+    if o.algorithm == "nash_md" and o.epochs != 1:
+        raise ValueError(f"online.epochs={o.epochs}: nash_md is REINFORCE without importance ratios; a second pass "
+                         "over the same samples would be off-policy (set it to 1)")
+    if o.value_from and not Path(o.value_from).expanduser().exists():
+        raise FileNotFoundError(f"online.value_from={o.value_from!r}: no such export")
     if o.value_from and config.model.value_backbone != "separate":
         raise ValueError(f"online.value_from={o.value_from!r} initialises a separate value model's backbone: set "
                          "model.value_backbone='separate'")
@@ -428,7 +433,9 @@ def run(config: ConfigDict, setup, workdir: Path, preemption) -> dict[str, Any]:
             if o.algorithm in OPPONENTS:  # one opponent per policy sample: the reference's or the mixture's
                 opponents = jax.device_get(sample_opponents(*args))
                 samples = {k: np.concatenate([samples[k], opponents[k]]) for k in samples}
-            scored = setup.device_batch({"tokens": samples["tokens"], "mask": samples["mask"]})
+            # the reference's log-probs: of every sample (xpo's reference samples too), of the policy's (nash_md)
+            n_scored = len(policy_samples["tokens"]) if o.algorithm == "nash_md" else len(samples["tokens"])
+            scored = setup.device_batch({k: samples[k][:n_scored] for k in ("tokens", "mask")})
             ref_logps = np.asarray(jax.device_get(ref_fn(ref_params, scored["tokens"], scored["mask"])))
             values = np.asarray(jax.device_get(value_fn(state["params"], scored["tokens"], scored["mask"]))) \
                 if o.algorithm == "ppo" else None

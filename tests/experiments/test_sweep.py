@@ -109,6 +109,8 @@ def test_two_by_two_sweep_end_to_end(sft_export, tmp_path, monkeypatch, caplog):
 
     # 4. another config for every point: the old points are moved aside (nothing is lost) and trained again
     base.optim.lr = base.optim.lr * 2
+    collected = sweep.run_sweep(base, grid, 1, root, collect_only=True, **kw)  # only reads: nothing moved
+    assert collected["finished"] == 0 and not list((root / "points").glob("*.stale-*"))
     trained = []
     monkeypatch.setattr(train, "run", lambda cfg: trained.append(cfg.workdir) or {"preempted": False, "history": []})
     sweep.run_sweep(base, grid, 1, root, **kw)
@@ -116,20 +118,30 @@ def test_two_by_two_sweep_end_to_end(sft_export, tmp_path, monkeypatch, caplog):
     assert len(list((root / "points").glob("*.stale-*"))) == 4
 
 def test_submit_launcher_hands_each_command_to_the_scheduler(sft_export, tmp_path):
-    """`--launcher=submit`: each pending point's `python -m pjax.train` command line goes through the
-    template (here: written to a file, as `sbatch --wrap` would receive it); nothing trains here."""
+    """`--launcher=submit`: each pending point's command line goes through the template as one shell word
+    (as `sbatch --wrap {command}` needs it); here the "scheduler" writes it down, or runs it: the point
+    then trains in its own process with exactly the sweep's config for it."""
+    from pjax import config_io
+
     base = tiny(dpo_tiny.get_config(), tmp_path / "unused", sft_export / "cache", steps=2)
     base.init_from = str(sft_export / "sft" / "export")
     out = tmp_path / "submitted.txt"
-    summary = sweep.run_sweep(base, sweep.parse_grid(["loss.beta=0.1,0.2"]), 2, tmp_path / "s", launcher="submit",
-                              submit=f"echo {{name}} {{command}} >> {out}", config_file="configs/dpo_tiny.py",
-                              common_flags=["--config.train.steps=2"])
+    grid = sweep.parse_grid(["loss.beta=0.1,0.2"])
+    summary = sweep.run_sweep(base, grid, 2, tmp_path / "s", launcher="submit",
+                              submit=f"printf '%s\\n' {{name}} {{command}} >> {out}")
     lines = out.read_text().splitlines()
-    assert len(lines) == 4 and summary["pending"] == 4
-    name, *cmd = lines[0].split(" ")
-    assert name == "loss.beta-0.1__seed-0"
-    assert cmd[1:4] == ["-m", "pjax.train", "--config=configs/dpo_tiny.py"]
-    assert "--config.train.steps=2" in cmd and "--config.loss.beta=0.1" in cmd and "--config.seed=0" in cmd
-    assert f"--config.workdir={tmp_path / 's' / 'points' / name}" in cmd
+    assert len(lines) == 8 and summary["pending"] == 4  # name, then the command as one word, per point
+    name, cmd = lines[0], lines[1].split(" ")
+    assert name == "loss.beta-0.1__seed-0" and cmd[1:3] == ["-m", "pjax.train"]
+    flag, _, path = cmd[3].partition(":")
+    assert flag.endswith("pjax/config_io.py") and path == str(tmp_path / "s" / "points" / name / "point_config.json")
+    point = config_io.load_run_config(path)
+    assert (point.loss.beta, point.seed, point.train.steps) == (0.1, 0, 2)
+
+    ran = sweep.run_sweep(base, grid[:0] + sweep.parse_grid(["loss.beta=0.3"]), 1, tmp_path / "r", launcher="submit",
+                          submit="bash -c {command} > {workdir}/train.log 2>&1")
+    assert ran["finished"] == 1, (tmp_path / "r" / "points" / "loss.beta-0.3__seed-0" / "train.log").read_text()[-3000:]
+    workdir = tmp_path / "r" / "points" / "loss.beta-0.3__seed-0"
+    assert config_io.load_run_config(workdir / "config.json") == config_io.load_run_config(workdir / "point_config.json")
     with pytest.raises(ValueError, match="must contain"):
-        sweep.run_sweep(base, [], 1, tmp_path / "t", launcher="submit", submit="sbatch", config_file="x.py")
+        sweep.run_sweep(base, [], 1, tmp_path / "t", launcher="submit", submit="sbatch")
