@@ -497,7 +497,8 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], metric: str, s
 def frontier_series(rows: list[dict[str, Any]], by: str, along: Sequence[str], x: str = "eval/kl_to_reference",
                     y: str = "") -> dict[str, list[dict[str, Any]]]:
     """Per value of `by`, the points along the other grid keys: mean ± s.e. over seeds of KL (x) and of
-    the samples' reward (y: gold when evaluated, else the reward model's)."""
+    the samples' reward (y: gold when evaluated, else the reward model's); one seed: ± the evaluation's
+    standard error over prompts."""
     done = [r for r in rows if r["status"] == "finished" and x in r]
     if not done:
         return {}
@@ -506,10 +507,15 @@ def frontier_series(rows: list[dict[str, Any]], by: str, along: Sequence[str], x
     groups: dict[tuple, list[dict]] = {}
     for r in done:
         groups.setdefault((r[by], *(r[k] for k in along)), []).append(r)
+    def spread(key: str, members: list[dict]) -> tuple[float, float]:
+        """Mean ± s.e. over seeds; with one seed, the evaluation's own s.e. over prompts when it has one."""
+        mean, se = mean_stderr(r[key] for r in members if key in r)
+        return (mean, float(members[0].get(f"{key}_se", 0.0))) if len(members) == 1 else (mean, se)
+
     for (value, *rest), members in groups.items():
         series.setdefault(f"{by}={value}", []).append({
-            "label": ", ".join(f"{k}={v}" for k, v in zip(along, rest)), "x": mean_stderr(r[x] for r in members),
-            "y": mean_stderr(r[y] for r in members if y in r), "n": len(members), "y_key": y})
+            "label": ", ".join(f"{k}={v}" for k, v in zip(along, rest)), "x": spread(x, members),
+            "y": spread(y, members), "n": len(members), "y_key": y})
     for points in series.values():
         points.sort(key=lambda p: p["x"][0])
     return series
@@ -537,7 +543,7 @@ def plot_frontier(series: dict[str, list[dict[str, Any]]], stem: Path, title: st
                 ax.annotate(p["label"], (p["x"][0], p["y"][0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         y_key = points[0].get("y_key", y_key)
     ax.set_xlabel("KL(policy || reference), nats per sequence")
-    ax.set_ylabel(f"{y_key or 'reward'} of samples" if y_key else "reward of samples")
+    ax.set_ylabel(f"{y_key.removeprefix('eval/').replace('_', ' ')} of samples" if y_key else "reward of samples")
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
