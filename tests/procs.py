@@ -24,6 +24,15 @@ def tiny_flags(workdir: Path, cache: Path, steps: int, **overrides) -> list[str]
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 
+def task_cache(path: Path) -> Path:
+    """A synthetic-task cache directory with its tokenizer trained, for runs that start together (each
+    would otherwise train its own)."""
+    from pjax.data import synthetic
+
+    synthetic.load_or_train_tokenizer(synthetic.SyntheticConfig(cache_dir=str(path)))
+    return path
+
+
 def train_command(config: str, flags: list[str]) -> list[str]:
     return [sys.executable, "-m", "pjax.train", f"--config={ROOT / 'configs' / config}", *flags]
 
@@ -36,10 +45,14 @@ def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subpr
 
 
 def run(cmd: list[str], log: Path, timeout: float = 300) -> None:
-    proc = spawn(cmd, log)
+    finish(spawn(cmd, log), log, timeout)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    """Wait for a `spawn`ed run; fail with the end of its log unless it exited 0."""
     code = proc.wait(timeout)
     if code != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {code}:\n{log.read_text()[-4000:]}")
+        raise AssertionError(f"{' '.join(map(str, proc.args))} exited {code}:\n{log.read_text()[-4000:]}")
 
 
 def multi_process(config: str, flags: list[str], logs: list[Path], devices_per_process: int,
@@ -95,5 +108,5 @@ def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: flo
             return
         if proc.poll() is not None:
             raise AssertionError(f"run ended (exit {proc.returncode}) before step {step}")
-        time.sleep(0.002)
+        time.sleep(0.01)  # the runs share the CPU with this loop; a kill lands a step or so after `step`
     raise AssertionError(f"no step {step} within {timeout} s")

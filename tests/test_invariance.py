@@ -6,8 +6,11 @@ For SFT, the reward model (RM) and DPO, one batch's loss and gradients are compa
 * remat `full` with `lax.scan`, and no remat with unrolled layers, against no remat with `lax.scan`:
   rtol 1e-5 (every remat policy is compared at the model level in tests/models);
 * 8 CPU devices (mesh (2, 2, 2)) under each parallelism preset (and fsdp_tp with 2 micro-batches)
-  against 1 device: rtol 1e-4 (the
-  8-device programs sum in a different order; gradients of float32 parameters near zero get atol 1e-6).
+  against 1 device: rtol 1e-4 (the 8-device programs sum in a different order).
+
+Every program sums in its own order (XLA fuses each variant differently), so gradients of float32
+parameters near zero also get atol 1e-6 (the largest gradients are about 0.3 to 0.5; the losses are
+compared at rtol 1e-5 alone).
 """
 
 from __future__ import annotations
@@ -98,8 +101,22 @@ def eight_device_job(cache_dir, tmp_path_factory):
     proc.kill()
 
 
+@pytest.fixture(scope="module")
+def plain(cache_dir):
+    """`plain(phase)`: the loss and gradients of the configuration every variant is compared with (one
+    batch, no micro-batches, no remat, scanned layers, one device), computed once per phase."""
+    results = {}
+
+    def get(phase: str) -> tuple[float, dict[str, np.ndarray]]:
+        if phase not in results:
+            results[phase] = loss_and_grads(_config(phase, cache_dir))
+        return results[phase]
+
+    return get
+
+
 @pytest.mark.parametrize("phase", list(PHASES))
-def test_gradient_accumulation_equals_one_big_batch(phase, cache_dir):
+def test_gradient_accumulation_equals_one_big_batch(phase, cache_dir, plain):
     """Micro-batch j holds rows j, j+k, ... of the batch. SFT averages over the batch's tokens and its
     micro-batches hold different numbers of them (checked), so a plain mean of micro-batch losses
     would not pass: they are weighted by their tokens."""
@@ -108,19 +125,19 @@ def test_gradient_accumulation_equals_one_big_batch(phase, cache_dir):
         arrays = train.load_data(config).arrays
         tokens = pipeline.global_batch(arrays, 0, 8, config.seed)["completion_mask"][:, 1:].sum(axis=1)
         assert len({tokens[j::4].sum() for j in range(4)}) > 1  # k=4: micro-batches of unequal tokens
-    whole = loss_and_grads(config)
+    whole = plain(phase)
     for k in (2, 4):
-        _assert_same(loss_and_grads(_config(phase, cache_dir, train__grad_accum=k)), whole, rtol=1e-5, atol=3e-7,
+        _assert_same(loss_and_grads(_config(phase, cache_dir, train__grad_accum=k)), whole, rtol=1e-5, atol=1e-6,
                      what=f"{phase} grad_accum={k}")
 
 
 @pytest.mark.parametrize("phase", list(PHASES))
-def test_remat_and_scan_do_not_change_loss_or_gradients(phase, cache_dir):
-    base_result = loss_and_grads(_config(phase, cache_dir))
+def test_remat_and_scan_do_not_change_loss_or_gradients(phase, cache_dir, plain):
+    base_result = plain(phase)
     for remat, scan in (("full", True), ("none", False)):  # every remat policy: tests/models
         config = _config(phase, cache_dir)
         config.model.remat, config.model.scan_layers = remat, scan
-        _assert_same(loss_and_grads(config), base_result, rtol=1e-5, atol=1e-7,
+        _assert_same(loss_and_grads(config), base_result, rtol=1e-5, atol=1e-6,
                      what=f"{phase} remat={remat} scan={scan}")
 
 
@@ -138,7 +155,7 @@ def _eight_device_results(cache_dir: str, out: Path) -> None:
     out.write_text(json.dumps(results))
 
 
-def test_eight_devices_equal_one_under_every_preset(cache_dir, eight_device_job):
+def test_eight_devices_equal_one_under_every_preset(eight_device_job, plain):
     proc, out = eight_device_job
     _, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-4000:]
@@ -146,7 +163,7 @@ def test_eight_devices_equal_one_under_every_preset(cache_dir, eight_device_job)
     variants = PRESETS + ["fsdp_tp+grad_accum=2"]
     assert sorted(eight) == sorted(f"{p}/{s}" for p in PHASES for s in variants)
     for phase in PHASES:
-        one = loss_and_grads(_config(phase, cache_dir))
+        one = plain(phase)
         for preset in variants:
             r = eight[f"{phase}/{preset}"]
             _assert_same((r["loss"], {k: np.asarray(v, np.float32) for k, v in r["grads"].items()}), one,

@@ -7,20 +7,25 @@ import time
 import numpy as np
 import pytest
 
-from tests.procs import (free_port, losses, multi_process, run, spawn, tiny_flags, train_command, wait_all,
-                         wait_for_step)
+from tests.procs import (finish, free_port, losses, multi_process, spawn, task_cache, tiny_flags, train_command,
+                         wait_all, wait_for_step)
 
 
 def test_two_processes_match_one_process_for_sft_and_dpo(tmp_path):
     """Same global batches, same mesh shape (1, 8, 1): the loss trajectories agree to float32 rounding
     (the reductions are ordered differently across processes). Each process feeds only its own rows
     (`Setup.local_rows`); a process feeding the wrong rows would change the losses. DPO reads a JSONL
-    file: process 0 encodes it into the memory-mapped cache, which process 1 then reads."""
+    file: process 0 encodes it into the memory-mapped cache, which process 1 then reads.
+
+    The one-process side finds its coordinator in JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID, as a cluster launcher sets them (one process of 8 devices: the same numbers as
+    without `jax.distributed`). It trains beside the two-process run of the same phase, without
+    TensorBoard (process 0 of the two writes it)."""
     import json
 
     from pjax.data import synthetic
 
-    cache, steps = tmp_path / "cache", 6
+    cache, steps = task_cache(tmp_path / "cache"), 4
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in synthetic.preference_records(
         synthetic.SyntheticConfig(num_pairs=64, cache_dir=str(cache)), "PAIR")))
@@ -28,15 +33,22 @@ def test_two_processes_match_one_process_for_sft_and_dpo(tmp_path):
         one, two = tmp_path / f"one_{phase}", tmp_path / f"two_{phase}"
         data = {} if phase == "sft" else {"data__path": pairs}
         parent = {} if phase == "sft" else {"init_from": tmp_path / "one_sft" / "export"}
-        run(train_command(config, tiny_flags(one, cache, steps, distributed__cpu_devices=8, **parent, **data)),
-            tmp_path / f"one_{phase}.log")
+        env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
+        one_log = tmp_path / f"one_{phase}.log"
+        single = spawn(train_command(config, tiny_flags(one, cache, steps, distributed__cpu_devices=8,
+                                                        logging__tensorboard=False, **parent, **data)), one_log, env)
         # the two-process DPO reads precomputed reference log-probs (one pass, gathered on every host);
         # the one-process DPO runs the reference forward in the step: both must give the same losses.
         # Its own data cache: the two processes encode the file afresh.
         parent = {} if phase == "sft" else {"init_from": tmp_path / "two_sft" / "export", "data__precompute_ref": True,
                                             "data__cache_dir": tmp_path / "cache_two"}
         logs = [tmp_path / f"two_{phase}_{i}.log" for i in range(2)]
-        wait_all(multi_process(config, tiny_flags(two, cache, steps, **{**data, **parent}), logs, 4), logs)
+        try:
+            wait_all(multi_process(config, tiny_flags(two, cache, steps, **{**data, **parent}), logs, 4), logs)
+            finish(single, one_log)
+        finally:
+            single.kill()
+        assert "distributed (env): process 0 of 1, 8 local of 8 devices" in one_log.read_text()
         expected, got = losses(one), losses(two)
         assert sorted(got) == list(range(1, steps + 1)) == sorted(expected)
         np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)],
@@ -55,7 +67,7 @@ def test_a_dead_peer_ends_the_other_process(tmp_path, victim):
     timeout (5 s here) plus slack, instead of hanging in a collective."""
     workdir = tmp_path / "run"
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
-    flags = tiny_flags(workdir, tmp_path / "cache", 100_000, train__save_every=100_000)
+    flags = tiny_flags(workdir, tmp_path / "cache", 100_000, train__save_every=100_000, logging__tensorboard=False)
     procs = multi_process("sft_tiny.py", flags, logs, 4, heartbeat_timeout_s=5)
     try:
         wait_for_step(procs[0], workdir, 3, timeout=180)
@@ -95,12 +107,3 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path):
     assert f"preempted (SIGTERM) at step {stopped}" in logs[1].read_text()
     assert '"preempted": true' in logs[0].read_text()
     assert not (workdir / "export").exists()
-
-
-def test_coordinator_from_the_environment(tmp_path):
-    """JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, as a cluster launcher sets them."""
-    env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
-    log = tmp_path / "env.log"
-    proc = spawn(train_command("sft_tiny.py", tiny_flags(tmp_path / "run", tmp_path / "cache", 1)), log, env)
-    assert proc.wait(180) == 0, log.read_text()[-3000:]
-    assert "distributed (env): process 0 of 1" in log.read_text()

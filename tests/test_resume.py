@@ -1,60 +1,84 @@
 """Exact resume after SIGKILL at a random step, and SIGTERM (preemption): save, exit cleanly, resume.
 
 Runs are subprocesses (`python -m pjax.train`). They use a constant learning rate, so a run may stop
-at any step and be continued with another `train.steps`: the losses of steps 1..40 of every variant
-must equal those of one uninterrupted 40-step run, bit for bit (CPU).
+at any step and be continued with another `train.steps`: the losses of steps 1..24 of every variant
+must equal those of one uninterrupted 24-step run, bit for bit (CPU). The uninterrupted runs go in
+the background while a test's interrupted run trains beside them (the runs are single-threaded).
+TensorBoard is off here (its resume: tests/test_metrics.py); the metrics are read from metrics.jsonl.
 """
 
 import os
 import random
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.procs import losses, run, spawn, tiny_flags, train_command, wait_for_step
+from tests.procs import finish, losses, run, spawn, task_cache, tiny_flags, train_command, wait_for_step
 
-STEPS = 40
+STEPS = 24
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """One synthetic-task cache (tokenizer) for every run of this module."""
-    return tmp_path_factory.mktemp("cache")
+    return task_cache(tmp_path_factory.mktemp("cache"))
 
 
 def _flags(root, name, steps, cache, **kw):
-    return tiny_flags(root / name, cache, steps, **{"optim__schedule": "constant", "train__save_every": 3, **kw})
+    return tiny_flags(root / name, cache, steps, **{"optim__schedule": "constant", "train__save_every": 3,
+                                                    "logging__tensorboard": False, **kw})
+
+
+class References:
+    """One uninterrupted STEPS-step run of each phase, started when first asked for; the DPO run starts
+    from the SFT run's export (which is also the parent of the interrupted DPO runs)."""
+
+    def __init__(self, root: Path, cache: Path):
+        self.root, self.cache = root, cache
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.done: dict[str, dict[int, float]] = {}
+
+    def start(self, phase: str) -> None:
+        if phase not in self.procs:
+            extra = {"init_from": self.parent()} if phase == "dpo" else {}
+            self.procs[phase] = spawn(train_command(f"{phase}_tiny.py", _flags(self.root, phase, STEPS, self.cache,
+                                                                               **extra)), self.root / f"{phase}.log")
+
+    def losses(self, phase: str) -> dict[int, float]:
+        if phase not in self.done:
+            self.start(phase)
+            finish(self.procs[phase], self.root / f"{phase}.log")
+            self.done[phase] = losses(self.root / phase)
+            assert sorted(self.done[phase]) == list(range(1, STEPS + 1))
+        return self.done[phase]
+
+    def parent(self) -> Path:
+        self.losses("sft")
+        return self.root / "sft" / "export"
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="module")
-def parent(tmp_path_factory, cache):
-    """An SFT export for the DPO runs."""
-    tmp = tmp_path_factory.mktemp("parent")
-    run(train_command("sft_tiny.py", tiny_flags(tmp / "sft", cache, 4)), tmp / "sft.log")
-    return tmp / "sft" / "export"
-
-
-@pytest.fixture(scope="module")
-def reference_losses(tmp_path_factory, parent, cache):
-    """Per-step losses of one uninterrupted 40-step run of each phase."""
-    out = {}
-    for phase in ("sft", "dpo"):
-        tmp = tmp_path_factory.mktemp(f"reference_{phase}")
-        extra = {"init_from": parent} if phase == "dpo" else {}
-        run(train_command(f"{phase}_tiny.py", _flags(tmp, "reference", STEPS, cache, **extra)), tmp / "reference.log")
-        out[phase] = losses(tmp / "reference")
-        assert sorted(out[phase]) == list(range(1, STEPS + 1))
-    return out
+def references(tmp_path_factory, cache):
+    refs = References(tmp_path_factory.mktemp("reference"), cache)
+    yield refs
+    refs.close()
 
 
 @pytest.mark.parametrize("phase", ["sft", "dpo"])
-def test_sigkill_at_a_random_step_then_resume_is_bit_exact(tmp_path, cache, parent, reference_losses, phase):
+def test_sigkill_at_a_random_step_then_resume_is_bit_exact(tmp_path, cache, references, phase):
     config = f"{phase}_tiny.py"
-    extra = {"init_from": parent} if phase == "dpo" else {}
-    expected = reference_losses[phase]
+    extra = {"init_from": references.parent()} if phase == "dpo" else {}
+    references.start(phase)  # trains beside the run below
 
     seed = int.from_bytes(os.urandom(4), "little")
-    kill_after = random.Random(seed).randint(2, 30)
+    kill_after = random.Random(seed).randint(2, STEPS - 6)
     workdir = tmp_path / "killed"
     proc = spawn(train_command(config, _flags(tmp_path, "killed", 100_000, cache, **extra)), tmp_path / "killed.log")
     wait_for_step(proc, workdir, kill_after)
@@ -69,13 +93,13 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(tmp_path, cache, pare
                        "resume: no own checkpoint and no parent export" if phase == "sft" else
                        "resume: no own checkpoint; initialising from parent export")
     assert expected_source in log, (seed, killed_at, finished, log[-3000:])
-    got = losses(workdir)
+    got, expected = losses(workdir), references.losses(phase)
     assert got == expected, (f"seed {seed}: killed after step {killed_at}; first differing step "
                              f"{next(s for s in expected if got.get(s) != expected[s])}")
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache, reference_losses):
-    expected = reference_losses["sft"]
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache, references):
+    references.start("sft")
     workdir = tmp_path / "preempted"
     proc = spawn(train_command("sft_tiny.py", _flags(tmp_path, "preempted", 100_000, cache, train__save_every=100_000)),
                  tmp_path / "preempted.log")
@@ -92,5 +116,5 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache, reference
         pytest.skip(f"SIGTERM arrived only after step {stopped}")
     run(train_command("sft_tiny.py", _flags(tmp_path, "preempted", STEPS, cache)), tmp_path / "resumed.log")
     assert f"resume: own checkpoint {workdir / 'checkpoints'} (step {stopped})" in (tmp_path / "resumed.log").read_text()
-    assert losses(workdir) == expected
+    assert losses(workdir) == references.losses("sft")
     assert (workdir / "export" / "pjax.json").exists()

@@ -17,6 +17,17 @@ from pjax.metrics import read_jsonl
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def sft_export(tmp_path_factory) -> Path:
+    """The export of one tiny SFT phase (the `tiny_configs` SFT run), shared read-only by the tests
+    that only start from it."""
+    from configs import sft_tiny
+    from tests.conftest import tiny
+
+    tmp = tmp_path_factory.mktemp("sft_export")
+    return Path(train.run(tiny(sft_tiny.get_config(), tmp / "sft", tmp / "cache"))["export"])
+
+
 def test_unknown_config_key_fails_naming_it():
     proc = subprocess.run([sys.executable, "-m", "pjax.train", "--config=configs/sft_tiny.py",
                            "--config.loss.bogus_key=1"], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -112,9 +123,9 @@ def test_resume_prefers_own_checkpoint_then_continues(tiny_configs, caplog):
     assert [row["step"] for row in out["history"]] == [5, 6]
 
 
-def test_init_from_must_match_the_model(tiny_configs):
-    sft, dpo = tiny_configs
-    train.run(sft)
+def test_init_from_must_match_the_model(tiny_configs, sft_export):
+    _, dpo = tiny_configs
+    dpo.init_from = str(sft_export)
     dpo.model.d_ff = 256
     with pytest.raises(ValueError, match="model.d_ff: export 352 vs config 256"):
         train.run(dpo)
@@ -183,9 +194,9 @@ def test_resume_refuses_a_changed_parent_export(tiny_configs):
         train.run(dpo)
 
 
-def test_precomputed_reference_gives_the_same_losses(tiny_configs, caplog):
-    sft, dpo = tiny_configs
-    train.run(sft)
+def test_precomputed_reference_gives_the_same_losses(tiny_configs, sft_export, caplog):
+    _, dpo = tiny_configs
+    dpo.init_from = str(sft_export)
     base = [row["loss"] for row in train.run(dpo)["history"]]
     caplog.set_level(logging.INFO, logger="pjax")
     dpo.workdir = dpo.workdir + "_precomputed"
@@ -195,14 +206,12 @@ def test_precomputed_reference_gives_the_same_losses(tiny_configs, caplog):
     cached = list((Path(dpo.data.cache_dir)).glob("ref-logps-*.npz"))
     assert len(cached) == 1
     np.testing.assert_allclose([row["loss"] for row in out["history"]], base, rtol=0, atol=1e-6)
-    # a second run reads the cache instead of recomputing
+    # a second run reads the cache instead of recomputing; this one resumes the first for two more steps
+    # (the checkpoint's data position is of the rows, not of the added reference columns)
     caplog.clear()
-    dpo.workdir = dpo.workdir + "_again"
-    train.run(dpo)
-    assert "reference: precomputed log-probs from" in caplog.text
-    # and resumes: the checkpoint's data position is of the rows, not of the added reference columns
     dpo.train.steps += 2
     out = train.run(dpo)
+    assert "reference: precomputed log-probs from" in caplog.text and "computed log-probs for" not in caplog.text
     assert out["source"] == f"checkpoint:{dpo.train.steps - 2}" and len(out["history"]) == 2
 
 
@@ -304,16 +313,15 @@ def test_sft_from_a_file_reports_heldout_nll(tiny_configs, tmp_path):
         train.run(sft)
 
 
-def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_configs, tmp_path, caplog):
+def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_configs, sft_export, tmp_path, caplog):
     """Partial restore: an RM phase from an SFT export takes its embeddings, layers and final norm and
     a freshly initialised scalar head, then trains."""
     from configs import rm_tiny
     from tests.conftest import tiny
 
-    sft, _ = tiny_configs
-    train.run(sft)
+    sft, _ = tiny_configs  # the config of `sft_export`
     rm = tiny(rm_tiny.get_config(), tmp_path / "rm", sft.data.cache_dir)
-    rm.init_from = str(Path(sft.workdir) / "export")
+    rm.init_from = str(sft_export)
     rm.model.reward_heads = 2  # an ensemble of two fresh heads on the SFT backbone
     mesh = sharding.make_mesh(rm.mesh.shape)
     with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(rm.sharding)):
@@ -330,7 +338,7 @@ def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_config
     assert out["source"] == f"export:{rm.init_from}"
     assert "partial restore: ['embed', 'final_norm', 'layers'] from" in caplog.text and "fresh ['score']" in caplog.text
     assert all(np.isfinite(r["loss"]) for r in out["history"])
-    rm.init_from, rm.workdir = str(Path(sft.workdir)), str(tmp_path / "rm2")  # not an export: named
+    rm.init_from, rm.workdir = str(sft_export.parent), str(tmp_path / "rm2")  # not an export: named
     with pytest.raises(FileNotFoundError, match="no finished export"):
         train.run(rm)
 
