@@ -387,6 +387,10 @@ def test_load_and_save_hold_no_second_copy_on_the_host(tmp_path):
     model_bytes = sum(a.nbytes for a in jax.tree.leaves(params))
     largest = max(a.nbytes for a in jax.tree.leaves(params))
     assert model_bytes > 20e6 and largest < model_bytes / 5
+    # compile (or read from the session's compilation cache) outside the measurement: only the loading
+    # and saving of arrays is measured
+    jax.block_until_ready(hf.load_params(tmp_path / "hf", model_def))
+    hf.save_hf(params, cfg, tmp_path / "warm-up")
     tracemalloc.start()
     try:
         loaded = jax.block_until_ready(hf.load_params(tmp_path / "hf", model_def))
