@@ -23,7 +23,7 @@ $(PEER_STAMP): $(STAMP)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pjax.pipeline --config=configs/pipeline_tiny.py --workdir=runs/demo
+	$(PY) -m pjax.chain --config=configs/pipeline_tiny.py --workdir=runs/demo
 	cat runs/demo/eval/eval.md
 
 test: $(PEER_STAMP)

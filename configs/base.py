@@ -6,6 +6,7 @@ Override any value on the command line: `python -m pjax.train --config=configs/d
 
 from ml_collections import ConfigDict
 
+from pjax.losses.defaults import DEFAULTS as LOSS_DEFAULTS
 from pjax.models.llama import resolved
 
 # Logical axis -> mesh axis (or axes, or None = replicated). Parameters and activations name logical
@@ -91,26 +92,12 @@ def get_config() -> ConfigDict:
                                    sp_vocab_size=64)),
     ))
 
+    # the objective(s), then every loss hyperparameter (defaults and their meaning: pjax/losses/defaults.py)
     c.loss = ConfigDict(dict(
         name="sft",  # a registry name (`python -m pjax.losses` lists them)
         names=(),  # several objectives combined, e.g. ("sigmoid", "bco_pair", "sft") ...
         weights=(),  # ... with these weights, e.g. (0.8, 0.2, 1.0) (the MPO recipe); default 1 each
-        beta=0.1,  # KL strength (DPO family), 1/(2 tau) target for IPO, lambda for ORPO
-        label_smoothing=0.0,  # epsilon: cDPO / rDPO flip rate, AOT smoothing, EXO (needs > 0, e.g. 1e-3)
-        f_divergence="reverse_kl",  # reverse_kl | forward_kl | js_divergence | alpha_divergence (f-DPO)
-        f_alpha=0.5,  # alpha of the alpha-divergence
-        ld_alpha=1.0,  # LD-DPO weight of tokens past the shorter response (1 = plain sums)
-        use_weighting=False,  # WPO per-pair weights
-        rpo_alpha=1.0,  # RPO: weight of the chosen NLL added to DPO
-        dpop_lambda=50.0,  # DPO-positive penalty
-        length_alpha=0.0,  # R-DPO length regulariser
-        discopop_tau=0.05,
-        simpo_gamma=0.5,  # SimPO / CPO-SimPO target margin
-        cpo_alpha=1.0,  # CPO: weight of the chosen NLL
-        desirable_weight=1.0,  # KTO / BCO
-        undesirable_weight=1.0,
-        pro_sft_weight=1.0,  # PRO: weight of the top response's NLL
-        center_rewards_coefficient=0.0,  # reward models: penalty on mean (r_c + r_r)^2 (TRL's name)
+        **LOSS_DEFAULTS,
     ))
 
     c.optim = ConfigDict(dict(

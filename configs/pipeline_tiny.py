@@ -1,6 +1,6 @@
 """The whole pipeline on the synthetic task, CPU-sized (`make demo`): SFT -> reward model -> DPO.
 
-`python -m pjax.pipeline --config=configs/pipeline_tiny.py --workdir=runs/pipeline_tiny`; any phase's
+`python -m pjax.chain --config=configs/pipeline_tiny.py --workdir=runs/pipeline_tiny`; any phase's
 key is `--config.<phase>.<key>=value` (e.g. `--config.dpo.loss.name=ipo`). The reward model and DPO
 both start from the SFT export; DPO's evaluation scores its samples with the reward model.
 """

@@ -19,14 +19,14 @@ def demo_phase(root: Path, name: str) -> str:
     `root` (default `runs/literature`, shared by the experiments), run (or resumed, or skipped when
     finished) first."""
     from configs import pipeline_tiny
-    from pjax import pipeline
+    from pjax import chain
 
     cfg = pipeline_tiny.get_config()
     cfg.phases = ("sft", "rm") if name == "rm" else ("sft",)
     cfg.parents = ConfigDict({"rm": "sft"} if name == "rm" else {})
     cfg.reward_models = ("rm",) if name == "rm" else ()
     cfg.eval.after_each_phase = False
-    pipeline.run(cfg, root)
+    chain.run(cfg, root)
     return str(root / name / "export")
 
 

@@ -182,10 +182,10 @@ def _write_json(path: Path, data: Any) -> None:
 
 def identity(cfg: ConfigDict) -> dict[str, Any]:
     """What a point's training depends on: its config (paths aside) and its parent export."""
-    from pjax import checkpoint, pipeline
+    from pjax import chain, checkpoint
 
     parent = checkpoint.export_metadata(cfg.init_from) if cfg.init_from else None
-    return {"config": pipeline.config_hash(cfg), "parent_export_id": (parent or {}).get("export_id")}
+    return {"config": chain.config_hash(cfg), "parent_export_id": (parent or {}).get("export_id")}
 
 
 def status(cfg: ConfigDict) -> str:
@@ -278,7 +278,7 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
               collect_only: bool = False, curve_metrics: Sequence[str] = (), frontier_by: str = "",
               table_metrics: Sequence[str] = ()) -> dict[str, Any]:
     """Expand, run what is not finished, collect, and write `sweep.csv`, `sweep.md` and the plots."""
-    from pjax import pipeline, train
+    from pjax import chain, train
 
     if launcher not in LAUNCHERS:
         raise ValueError(f"--launcher={launcher!r}: expected one of {LAUNCHERS}")
@@ -304,7 +304,7 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
             log.warning("sweep: %s was begun with another config or parent export; not collected", p.name)
             continue
         if state == "stale":
-            moved = pipeline.move_aside(Path(cfg.workdir))
+            moved = chain.move_aside(Path(cfg.workdir))
             log.warning("sweep: %s was begun with another config or parent export; moved it to %s", p.name, moved)
         if state == "finished":
             log.info("sweep: %s finished earlier; skipping it", p.name)

@@ -9,6 +9,7 @@ a fresh initialisation, and says which in the log.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from pjax import distributed, models, sharding
+from pjax.models.llama import LlamaConfig
 
 log = logging.getLogger("pjax")
 
@@ -124,8 +128,6 @@ class PhaseCheckpoints:
         return "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
 
     def _quarantine(self, step: int) -> None:
-        from pjax import distributed
-
         distributed.barrier(f"pjax-quarantine-{step}-begin")
         if jax.process_index() == 0:
             target = self.directory / f"corrupt-{step}"
@@ -163,8 +165,6 @@ def export_params(directory: str | os.PathLike, params: Any, metadata: dict[str,
     ckpt.close()
     if jax.process_index() == 0:
         _write_json(directory / EXPORT_METADATA, {**metadata, "export_id": uuid.uuid4().hex})
-    from pjax import distributed
-
     distributed.barrier("export-metadata")  # every process reads it next (the pipeline, evaluation)
     return directory
 
@@ -227,10 +227,6 @@ def load_params(directory: str | os.PathLike, abstract_params: Any) -> Any:
 
 def export_model_config(directory: str | os.PathLike) -> Any:
     """The `LlamaConfig` an export was trained with (from its metadata)."""
-    import dataclasses
-
-    from pjax.models.llama import LlamaConfig
-
     meta = export_metadata(directory)
     if meta is None:
         raise FileNotFoundError(f"{str(directory)!r}: no finished pjax export there (no {EXPORT_METADATA} + params/)")
@@ -241,8 +237,6 @@ def export_model_config(directory: str | os.PathLike) -> Any:
 def load_export(directory: str | os.PathLike, mesh: jax.sharding.Mesh, rules: Any) -> tuple[Any, Any, dict[str, Any]]:
     """(model_def, params, metadata) of an export, its model built from the metadata and its params
     placed with the sharding `rules` on `mesh` (evaluation, reward models, partial restores)."""
-    from pjax import models, sharding
-
     model_def = models.build(export_model_config(directory))
     shardings = sharding.tree_shardings(model_def.logical_specs, model_def.shapes, mesh, rules)
     abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), model_def.shapes,

@@ -29,6 +29,8 @@ import jax
 
 from pjax import checkpoint, logs, sharding
 from pjax.models import ModelDef, build
+from pjax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer
+from pjax.models import gguf
 from pjax.models import hf as hf_models
 from pjax.models.llama import PRESETS, LlamaConfig, preset
 
@@ -73,8 +75,6 @@ def gguf_to_pjax(path: str | Path, out: str | Path, *, param_dtype: str = "float
                  mesh_shape: Sequence[int] = (1, -1, 1), sharding_preset: str = "fsdp",
                  overwrite: bool = False) -> LlamaConfig:
     """Import a GGUF file (Llama architecture, dequantised) as a pjax params-only export at `out`."""
-    from pjax.models import gguf
-
     path, out = Path(path).expanduser().resolve(), Path(out).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"--gguf={path}: no such file")
@@ -96,8 +96,6 @@ def save_tokenizer(tokenizer: str | Path, out: Path) -> None:
     Hugging Face model directory: a `tokenizer.json` vocabulary (from a GGUF file too) with its
     config, or a SentencePiece `tokenizer.model`."""
     import shutil
-
-    from pjax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer
 
     tok = load_tokenizer(tokenizer)
     if isinstance(tok, HFTokenizer):

@@ -1,4 +1,4 @@
-"""`python -m pjax.eval --run=<dir>`: evaluation of a pipeline run (`pjax.pipeline`), phase by phase.
+"""`python -m pjax.eval --run=<dir>`: evaluation of a pipeline run (`pjax.chain`), phase by phase.
 
 On held-out data (the synthetic task's held-out prompts and pairs, or the `data.num_heldout` rows of a
 dataset):
@@ -36,7 +36,10 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from pjax import bestofn, checkpoint, distributed, generate, logs, models, sharding
+from pjax.data import batching, load
+from pjax.metrics import MetricWriter
 from pjax.models import ModelDef
+from pjax.rewards import Member, RewardModel
 
 log = logging.getLogger("pjax")
 
@@ -139,10 +142,7 @@ def prompts_from_rows(rows: dict[str, np.ndarray], pad_id: int, length: int) -> 
 def load_heldout(config: ConfigDict, num_prompts: int) -> Heldout:
     """A phase's held-out data: the synthetic task's held-out prompts and pairs, or the held-out rows
     of `data.path` (`data.num_heldout`; prompts taken from their rows, pairs when they are pairs)."""
-    from pjax import train
-    from pjax.data import batching
-
-    data = train.load_data(config)
+    data = load.load_data(config)
     tok = data.tokenizer
     if not config.data.path:
         task = data.task
@@ -218,8 +218,6 @@ class _Loaded:
 
 
 def _reward_model(config: ConfigDict, loaded: _Loaded):
-    from pjax.rewards import Member, RewardModel
-
     if not config.reward.models:
         return None
     members = []
@@ -246,8 +244,6 @@ def _scores(samples: dict, texts: list[str], heldout: Heldout, rm) -> dict[str, 
 
 def evaluate_reward_model(config: ConfigDict, export: str, heldout: Heldout, loaded: _Loaded) -> dict[str, Any]:
     """Accuracy on held-out pairs of each head and of the aggregated ensemble; gold agreement."""
-    from pjax.rewards import Member, RewardModel
-
     if heldout.pairs is None:
         return {}
     model_def, params, meta = loaded(export)
@@ -389,8 +385,6 @@ def _export_id(export: str) -> str | None:
 
 def evaluate_run(root: str | Path, options: Options = Options(), *, use_cache: bool = True) -> dict[str, Any]:
     """Every finished phase of the run, best-of-N of the base policy, written to `<root>/eval/`."""
-    from pjax.metrics import MetricWriter
-
     root = Path(root)
     phases = read_run(root)
     done = [n for n, e in phases.items() if checkpoint.export_metadata(Path(e["workdir"]) / "export")]
@@ -498,7 +492,7 @@ def format_markdown(run: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="Evaluate a pjax pipeline run (see the module docstring).")
-    parser.add_argument("--run", required=True, help="the run directory of `python -m pjax.pipeline`")
+    parser.add_argument("--run", required=True, help="the run directory of `python -m pjax.chain`")
     parser.add_argument("--num_prompts", type=int, default=Options.num_prompts)
     parser.add_argument("--max_new_tokens", type=int, default=0)
     parser.add_argument("--seed", type=int, default=Options.seed)

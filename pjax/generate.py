@@ -101,11 +101,13 @@ def _sample(model_defs: tuple[ModelDef, ...], params: tuple[Any, ...], weights: 
         lasts.append(hidden[:, -1])
     next_position = prompt_mask.sum(-1)
 
+    def head_logits(h, k):  # as `token_logprobs`: compute-dtype inputs, float32 result (no bf16 rounding)
+        return jnp.matmul(h, k.astype(h.dtype), preferred_element_type=jnp.float32) / scale
+
     def next_token_logits(lasts):
         if len(modules) == 1:
-            return (lasts[0] @ kernels[0].astype(lasts[0].dtype)).astype(jnp.float32) / scale
-        return sum(w * jax.nn.log_softmax((h @ k.astype(h.dtype)).astype(jnp.float32) / scale, axis=-1)
-                   for w, h, k in zip(weights, lasts, kernels))
+            return head_logits(lasts[0], kernels[0])
+        return sum(w * jax.nn.log_softmax(head_logits(h, k), axis=-1) for w, h, k in zip(weights, lasts, kernels))
 
     def cond(carry):
         i, *_, done, _ = carry

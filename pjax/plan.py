@@ -4,7 +4,7 @@ without the hardware.
     python -m pjax.plan --config=configs/dpo_llama.py [--mesh=1,8,1] [--devices=8] [--hbm-gib=88]
         [--seq-len=T] [--topology=v5p:2x2x2] [--json=PATH] [--strict] [--config.key=value ...]
 
-The step planned is exactly `pjax.train.TrainStep` for the config (objective, remat, dtypes, donated
+The step planned is exactly the phase's train step (`pjax.core.step.TrainStep`) for the config (objective, remat, dtypes, donated
 state), lowered with ShapeDtypeStructs only (`jit(...).lower(abstract_state, abstract_ref,
 abstract_batch).compile()`), so nothing is allocated. The target mesh is built from simulated CPU
 devices (`jax_num_cpu_devices`, set before JAX's backend starts), or with `--topology` from a TPU
@@ -44,6 +44,12 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from pjax import losses, phases, sharding
+from pjax.core import loop
+from pjax.core.setup import make_setup, validate_for_mesh
+from pjax.data.shapes import random_batch
+from pjax.models.config import model_config
 
 GIB = 1024 ** 3
 DEFAULT_DEVICES = 8
@@ -103,8 +109,6 @@ def parse_mesh(text: str) -> tuple[int, ...]:
 
 def resolve_devices(mesh_shape: Sequence[int], devices_flag: int | None) -> tuple[int, str]:
     """How many devices to simulate for `mesh_shape`, and a sentence saying where the number came from."""
-    from pjax import sharding
-
     shape = tuple(int(s) for s in mesh_shape)
     if -1 in shape:
         n = DEFAULT_DEVICES if devices_flag is None else devices_flag
@@ -146,9 +150,6 @@ def per_device_bytes(tree: Any, devices: Sequence) -> dict[int, int]:
 
 
 def _compile_batch(config, seq_len: int) -> tuple[dict[str, np.ndarray], int, int]:
-    from pjax.data.shapes import random_batch
-    from pjax import losses
-
     prompt_len = seq_len // 2
     completion_len = seq_len - prompt_len
     batch = random_batch(config, prompt_len, completion_len, seed=0)
@@ -181,10 +182,9 @@ def plan_memory(config, mesh_shape: Sequence[int], devices: Sequence, *, seq_len
                 hbm_gib: float = DEFAULT_HBM_GIB, target: str | None = None) -> dict[str, Any]:
     """Compile the train step of `config` for a mesh of `mesh_shape` over `devices` (no memory is
     allocated) and return the per-device memory plan as a JSON-able dict."""
-    from pjax import losses, sharding, train
-
-    train.validate(config)
-    cfg = train.model_config(config)
+    spec = phases.spec(config)
+    loop.validate(config, spec)
+    cfg = model_config(config)
     T = int(config.data.max_len if seq_len is None else seq_len)
     what = "--seq-len" if seq_len is not None else "data.max_len"
     if T < 2:
@@ -201,18 +201,18 @@ def plan_memory(config, mesh_shape: Sequence[int], devices: Sequence, *, seq_len
     reference_in_step = needs_reference and not config.data.precompute_ref
     with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
         try:
-            train.validate_for_mesh(config, mesh)
+            validate_for_mesh(config, mesh, *spec.step_rows(config))
         except ValueError as e:
             raise ValueError(f"{e} (data.max_len is --seq-len={T} here)" if what == "--seq-len" and
                              "data.max_len" in str(e) else str(e)) from None
-        setup = train.make_setup(config, mesh)
+        setup = make_setup(config, mesh, spec.optimizer_steps(config))
         host_batch, prompt_len, completion_len = _compile_batch(config, T)
         batch_shardings = setup.batch_sharding(host_batch)
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in host_batch.items()}
         state = setup.abstract_state
         ref = state["params"] if reference_in_step else None
         t0 = time.perf_counter()
-        compiled = train.TrainStep(setup).jitted(ref, batch).lower(state, ref, batch).compile()
+        compiled = spec.make_step(setup).jitted(ref, batch).lower(state, ref, batch).compile()
         compile_s = time.perf_counter() - t0
     analysis = analysis_dict(compiled)
     if analysis is None:
@@ -414,8 +414,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             devices = topology_devices(fv.topology)
             if fv.devices is not None and fv.devices != len(devices):
                 raise PlanError(f"--devices={fv.devices} but --topology={fv.topology} has {len(devices)} chips")
-            from pjax import sharding
-
             try:
                 sharding.resolve_mesh_shape(mesh_shape, len(devices))
             except ValueError as e:

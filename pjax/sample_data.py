@@ -25,6 +25,8 @@ import numpy as np
 
 from pjax import bestofn, checkpoint, logs, sharding
 from pjax import eval as evaluation
+from pjax.data import batching, load
+from pjax.rewards import RewardModel
 
 log = logging.getLogger("pjax")
 
@@ -54,10 +56,7 @@ def _phase(phases: dict[str, dict], name: str | None, want_rm: bool) -> str:
 
 def prompts_of(config, split: str, num_prompts: int) -> tuple[Any, dict[str, np.ndarray], list[str]]:
     """(tokenizer, left-padded prompt tokens, prompt texts) of the phase's training or held-out rows."""
-    from pjax import train
-    from pjax.data import batching
-
-    data = train.load_data(config)
+    data = load.load_data(config)
     tok = data.tokenizer
     if not config.data.path:
         task = data.task
@@ -76,8 +75,6 @@ def build(run: str | Path, out: str | Path, *, mode: str = "pairs", n: int = 8, 
           reward_phase: str | None = None, split: str = "train", num_prompts: int = 512, seed: int = 0,
           k: int = 4, beta: float = 0.5, max_new_tokens: int = 0) -> dict[str, Any]:
     """Sample, score and write the rows (see the module docstring); returns counts and reward figures."""
-    from pjax.rewards import RewardModel
-
     if mode not in bestofn.MODES:
         raise ValueError(f"--mode={mode!r}: expected one of {bestofn.MODES}")
     if split not in ("train", "heldout"):
@@ -107,7 +104,7 @@ def build(run: str | Path, out: str | Path, *, mode: str = "pairs", n: int = 8, 
 
 def main(argv=None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a `python -m pjax.pipeline` run directory")
+    parser.add_argument("--run", required=True, help="a `python -m pjax.chain` run directory")
     parser.add_argument("--out", required=True, help="the JSONL file to write")
     parser.add_argument("--mode", default="pairs", choices=bestofn.MODES)
     parser.add_argument("--n", type=int, default=8, help="samples per prompt")

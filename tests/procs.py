@@ -27,7 +27,7 @@ def tiny_flags(workdir: Path, cache: Path, steps: int, **overrides) -> list[str]
 def task_cache(path: Path) -> Path:
     """A synthetic-task cache directory with its tokenizer trained, for runs that start together (each
     would otherwise train its own)."""
-    from pjax.data import synthetic
+    from pjax.data.tasks import synthetic
 
     synthetic.load_or_train_tokenizer(synthetic.SyntheticConfig(cache_dir=str(path)))
     return path

@@ -16,14 +16,14 @@ CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_validates(name):
     """A phase config validates; a pipeline config (`phases`) validates with every phase in its run."""
-    from pjax import pipeline
+    from pjax import chain
 
     config = importlib.import_module(f"configs.{name}").get_config()
     if "phases" not in config:
         return train.validate(config)
-    pipeline.validate(config)
+    chain.validate(config)
     for phase in config.phases:
-        train.validate(pipeline.phase_config(config, phase, Path("/tmp/run")))
+        train.validate(chain.phase_config(config, phase, Path("/tmp/run")))
 
 
 def test_dpo_llama_train_state_builds_abstractly_on_8_devices():

@@ -27,7 +27,7 @@ import pytest
 
 from configs import base, dpo_tiny, rm_tiny, sft_tiny
 from pjax import sharding, train
-from pjax.data import pipeline
+from pjax.data import loader
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {"sft": sft_tiny, "rm": rm_tiny, "dpo": dpo_tiny}
@@ -57,7 +57,7 @@ def loss_and_grads(config, mesh_shape=(1, 1, 1)) -> tuple[float, dict[str, np.nd
         arrays = train.load_data(config).arrays
         state = setup.init_state(config.seed)
         ref = setup.init_state(config.seed + 1)["params"] if phase_needs_reference(config) else None
-        batch = setup.device_batch(pipeline.global_batch(arrays, 0, config.train.batch_size, config.seed))
+        batch = setup.device_batch(loader.global_batch(arrays, 0, config.train.batch_size, config.seed))
         step = train.TrainStep(setup)
         fn = jax.jit(lambda p, r, b, s: step.gradients(p, r, b, s))
         with sharding.use_rules(setup.rules):
@@ -123,7 +123,7 @@ def test_gradient_accumulation_equals_one_big_batch(phase, cache_dir, plain):
     config = _config(phase, cache_dir)
     if phase == "sft":
         arrays = train.load_data(config).arrays
-        tokens = pipeline.global_batch(arrays, 0, 8, config.seed)["completion_mask"][:, 1:].sum(axis=1)
+        tokens = loader.global_batch(arrays, 0, 8, config.seed)["completion_mask"][:, 1:].sum(axis=1)
         assert len({tokens[j::4].sum() for j in range(4)}) > 1  # k=4: micro-batches of unequal tokens
     whole = plain(phase)
     for k in (2, 4):

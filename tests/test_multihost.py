@@ -23,7 +23,7 @@ def test_two_processes_match_one_process_for_sft_and_dpo(tmp_path):
     TensorBoard (process 0 of the two writes it)."""
     import json
 
-    from pjax.data import synthetic
+    from pjax.data.tasks import synthetic
 
     cache, steps = task_cache(tmp_path / "cache"), 4
     pairs = tmp_path / "pairs.jsonl"

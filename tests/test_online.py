@@ -236,7 +236,7 @@ def test_two_processes_roll_out_and_train_like_one(tmp_path):
         workdir, tmp_path / "cache", 2, init_from="", online__algorithm="nash_md", online__kl_coef=0.1,
         online__prompts_per_iteration=4, online__samples_per_prompt=4, online__num_minibatches=2,
         generate__max_new_tokens=8, **kw)
-    from pjax.data import synthetic
+    from pjax.data.tasks import synthetic
 
     synthetic.load_or_train_tokenizer(synthetic.SyntheticConfig(cache_dir=str(tmp_path / "cache")))  # once, for all
     one_log = tmp_path / "one.log"  # the one-process run trains beside the two-process one

@@ -217,7 +217,7 @@ def test_precomputed_reference_gives_the_same_losses(tiny_configs, sft_export, c
 
 def test_training_from_a_jsonl_file(tiny_configs, tmp_path):
     """A listwise objective (LiPO) end to end from a JSONL file of records."""
-    from pjax.data import synthetic
+    from pjax.data.tasks import synthetic
 
     _, dpo = tiny_configs
     rows = synthetic.preference_records(synthetic.SyntheticConfig(num_pairs=16, cache_dir=dpo.data.cache_dir),
@@ -298,7 +298,7 @@ def test_sft_from_a_file_reports_heldout_nll(tiny_configs, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pjax.data import synthetic
+    from pjax.data.tasks import synthetic
 
     sft, _ = tiny_configs
     task = synthetic.build_task(synthetic.SyntheticConfig(num_sft=200, cache_dir=sft.data.cache_dir))
@@ -415,7 +415,7 @@ def test_reward_model_with_margins_from_a_file_reports_heldout_accuracy(tiny_con
     """Bradley-Terry with a `margin` column read from JSONL, rows held out: the held-out reward accuracy
     before and after training equals the fraction of held-out pairs the model's rewards order right."""
     from configs import rm_tiny
-    from pjax.data import synthetic
+    from pjax.data.tasks import synthetic
     from tests.conftest import tiny
 
     sft, _ = tiny_configs

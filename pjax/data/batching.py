@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pjax.data.chat import encode_example, encode_prompt
 from pjax.data.formats import BadRow
 
 Text = Any  # a string (standard) or a list of {"role", "content"} messages (conversational)
@@ -47,8 +48,6 @@ def _is_empty(text: Text) -> bool:
 def tokenize(tok, prompt: Text, completion: Text, row: int, *, template: str | None = None,
              stats: EncodeStats | None = None) -> tuple[list[int], list[int]]:
     """(prompt ids, completion ids) of one example (see the module docstring)."""
-    from pjax.data.chat import encode_example
-
     if _is_empty(completion):
         raise BadRow("empty_completion", f"row {row}: empty completion text")
     p, c, consistent = encode_example(tok, prompt, completion, template=template)
@@ -128,8 +127,6 @@ def encode_pairs(tok, pairs: Sequence[tuple[Text, Text, Text]], max_len: int, **
 def encode_prompts(tok, prompts: Sequence[Text], max_prompt_len: int, *,
                    template: str | None = None) -> dict[str, np.ndarray]:
     """Prompts -> ``tokens``, ``mask`` int32 [N, P]: left-padded, cut from the left (BOS kept)."""
-    from pjax.data.chat import encode_prompt
-
     if max_prompt_len < 1 + bool(tok.add_bos):
         raise ValueError(f"max_prompt_len must be >= {1 + bool(tok.add_bos)} (BOS and a prompt token), "
                          f"got {max_prompt_len}")

@@ -7,6 +7,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from pjax import losses
+from pjax.models.config import model_config
 
 
 def random_batch(config: ConfigDict, prompt_len: int, completion_len: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -22,8 +23,6 @@ def random_batch(config: ConfigDict, prompt_len: int, completion_len: int, seed:
     kind = losses.data_kind(config.loss)
     lead = {"PAIR": (B, 2), "STEP": (B, 2), "LIST": (B, config.data.list_size)}.get(kind, (B,))
     rng = np.random.default_rng(seed)
-    from pjax.train import model_config
-
     vocab = model_config(config).vocab_size
 
     def rows():

@@ -25,6 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import sentencepiece as spm
 
+from pjax.models.gguf import read_metadata
+
 
 @runtime_checkable
 class Tokenizer(Protocol):
@@ -537,8 +539,6 @@ def gguf_pre_tokenizer(pre: str):
 def read_gguf_metadata(path: str | os.PathLike, prefix: str = "") -> dict[str, Any]:
     """The metadata of a GGUF file whose keys start with ``prefix`` (plus ``general.architecture``),
     read by `pjax.models.gguf.read_metadata`."""
-    from pjax.models.gguf import read_metadata
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
     return {k: v for k, v in read_metadata(path).items() if k.startswith(prefix) or k == "general.architecture"}

@@ -4,7 +4,7 @@ Conventions: per-token arrays are `[B, T]` float32 over the completion tokens (T
 `mask` `[B, T]` (1 on real completion tokens, 0 after the end); sequence-level arrays are `[B]`. For
 group methods B = P * G and the G samples of prompt p are the contiguous rows p*G .. p*G + G - 1.
 Everything here is a pure jax function (jit-able; string options and `group_size` are static Python
-values). Conventions follow TRL (`/work/shared/docs/objectives.md`, Part B section 5) unless stated.
+values). Conventions follow TRL (`docs/objectives.md`, Part B section 5) unless stated.
 Nothing here is registered as an objective: the online trainer composes these pieces.
 """
 

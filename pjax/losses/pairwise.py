@@ -1,6 +1,6 @@
 """Pairwise preference objectives with a reference model (the DPO family).
 
-Notation (as in `/work/shared/docs/objectives.md`): per pair, l(y) = masked token sum of log pi over the
+Notation (as in `docs/objectives.md`): per pair, l(y) = masked token sum of log pi over the
 completion (TRL's convention), l0 the same for the reference, rho = l - l0 (index 0 chosen, 1 rejected),
 n = completion token count. Every objective here goes through `pair_terms`, which applies the shared
 modifiers read from the `config.loss` section:
@@ -27,19 +27,11 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from pjax.losses.defaults import option
 from pjax.losses.registry import LossInputs, register
 from pjax.losses.sft import sft_loss
 
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
-
-# Defaults, identical to configs/base.py, for configs that leave a key out (e.g. in tests).
-_DEFAULTS = dict(beta=0.1, label_smoothing=0.0, f_divergence="reverse_kl", f_alpha=0.5, ld_alpha=1.0,
-                 use_weighting=False, rpo_alpha=1.0, dpop_lambda=50.0, length_alpha=0.0, discopop_tau=0.05)
-
-
-def _opt(cfg, name: str):
-    return cfg.get(name, _DEFAULTS[name])
-
 
 # --------------------------------------------------------------------------------------------------
 # Shared pieces: sequence log-probs (LD-DPO), the f-divergence score, WPO weights, metrics.
@@ -143,11 +135,11 @@ class PairTerms:
 
 def pair_terms(inputs: LossInputs, cfg, *, use_weighting: Optional[bool] = None) -> PairTerms:
     """Apply the shared modifiers (`ld_alpha`, `f_divergence`/`f_alpha`, `use_weighting`) of `cfg`."""
-    policy, ref, rho, n = pair_logratios(inputs, float(_opt(cfg, "ld_alpha")))
-    score = f_score(rho, _opt(cfg, "f_divergence"), float(_opt(cfg, "f_alpha")))
-    weighting = bool(_opt(cfg, "use_weighting")) if use_weighting is None else use_weighting
+    policy, ref, rho, n = pair_logratios(inputs, float(option(cfg, "ld_alpha")))
+    score = f_score(rho, option(cfg, "f_divergence"), float(option(cfg, "f_alpha")))
+    weighting = bool(option(cfg, "use_weighting")) if use_weighting is None else use_weighting
     weight = wpo_weights(inputs) if weighting else None
-    return PairTerms(float(_opt(cfg, "beta")), policy, ref, rho, score, n, weight)
+    return PairTerms(float(option(cfg, "beta")), policy, ref, rho, score, n, weight)
 
 
 def reduce_pairs(per_pair: jnp.ndarray, t: PairTerms, extra: Optional[dict] = None) -> tuple[jnp.ndarray, dict]:
@@ -161,13 +153,13 @@ def reduce_pairs(per_pair: jnp.ndarray, t: PairTerms, extra: Optional[dict] = No
 
 
 def _no_weighting(cfg, name: str) -> None:
-    if bool(_opt(cfg, "use_weighting")):
+    if bool(option(cfg, "use_weighting")):
         raise ValueError(f"loss.use_weighting=True cannot be combined with loss.name={name!r} "
                          "(TRL raises NotImplementedError for aot / aot_unpaired)")
 
 
 def _smoothing(cfg) -> float:
-    return float(_opt(cfg, "label_smoothing"))
+    return float(option(cfg, "label_smoothing"))
 
 
 def _logistic(z: jnp.ndarray) -> jnp.ndarray:
@@ -423,7 +415,7 @@ def discopop(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     """
     t = pair_terms(inputs, cfg)
     z = t.beta * t.delta
-    m = jax.nn.sigmoid(z / float(_opt(cfg, "discopop_tau")))
+    m = jax.nn.sigmoid(z / float(option(cfg, "discopop_tau")))
     return reduce_pairs((1.0 - m) * _logistic(z) + m * jnp.exp(-z), t)
 
 
@@ -436,7 +428,7 @@ def dpop(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     """
     t = pair_terms(inputs, cfg)
     penalty = jax.nn.relu(-t.rho[:, 0])
-    per_pair = _logistic(t.beta * (t.delta - float(_opt(cfg, "dpop_lambda")) * penalty))
+    per_pair = _logistic(t.beta * (t.delta - float(option(cfg, "dpop_lambda")) * penalty))
     return reduce_pairs(per_pair, t, {"dpop/penalty": jax.lax.stop_gradient(penalty).mean()})
 
 
@@ -447,7 +439,7 @@ def rdpo_length(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     """
     t = pair_terms(inputs, cfg)
     length_diff = t.n[:, 0] - t.n[:, 1]
-    per_pair = _logistic(t.beta * t.delta - float(_opt(cfg, "length_alpha")) * length_diff)
+    per_pair = _logistic(t.beta * t.delta - float(option(cfg, "length_alpha")) * length_diff)
     return reduce_pairs(per_pair, t, {"rdpo/length_diff": length_diff.mean()})
 
 
@@ -463,5 +455,5 @@ def rpo(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     """
     t = pair_terms(inputs, cfg)
     nll, _ = sft_loss(inputs, cfg)
-    per_pair = _logistic(t.beta * t.delta) + float(_opt(cfg, "rpo_alpha")) * nll
+    per_pair = _logistic(t.beta * t.delta) + float(option(cfg, "rpo_alpha")) * nll
     return reduce_pairs(per_pair, t, {"nll": jax.lax.stop_gradient(nll)})

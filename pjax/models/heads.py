@@ -31,7 +31,8 @@ def token_logprobs(hidden: Array, kernel: Array, targets: Array, *, chunk_size: 
     @jax.checkpoint
     def chunk(args):
         hc, tc = args
-        logits = jnp.einsum("bcd,dv->bcv", hc, kernel.astype(hc.dtype)).astype(jnp.float32)
+        # Inputs in the compute dtype, result (and accumulation) in float32: no bf16 rounding of the logits.
+        logits = jnp.einsum("bcd,dv->bcv", hc, kernel.astype(hc.dtype), preferred_element_type=jnp.float32)
         logits = logits / temperature
         picked = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
         lse = jax.nn.logsumexp(logits, axis=-1)
@@ -47,5 +48,6 @@ def token_logprobs(hidden: Array, kernel: Array, targets: Array, *, chunk_size: 
 
 def naive_token_logprobs(hidden: Array, kernel: Array, targets: Array, temperature: float = 1.0) -> Array:
     """Reference implementation that materialises the full `[B, T, V]` logits (tests, benchmarks)."""
-    logits = jnp.einsum("btd,dv->btv", hidden, kernel.astype(hidden.dtype)).astype(jnp.float32) / temperature
+    logits = jnp.einsum("btd,dv->btv", hidden, kernel.astype(hidden.dtype),
+                        preferred_element_type=jnp.float32) / temperature
     return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pjax.models import safetensors
+from pjax.models import build, safetensors
 from pjax.models.llama import LlamaConfig
 
 SUPPORTED = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}  # model_type -> class prefix
@@ -409,8 +409,6 @@ def save_hf(params: Any, cfg: LlamaConfig, out_dir: str | os.PathLike, *, dtype:
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
-    from pjax.models import build
-
     np_dtype, n_layers = _DTYPES[dtype], cfg.n_layers
     config = hf_config(cfg, model_type, dtype=dtype, **(extra_config or {}))
     shapes = build(cfg).shapes

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pjax.data import records, sources, synthetic
+from pjax.data import records, sources
 from pjax.data.formats import BadRowReport
+from pjax.data.tasks import synthetic
 
 
 def _write(path, rows, gz=False):

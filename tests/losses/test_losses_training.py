@@ -6,7 +6,7 @@ import pytest
 
 from configs import dpo_tiny
 from pjax import losses, sharding, train
-from pjax.data import pipeline
+from pjax.data import loader
 
 OBJECTIVES = sorted(name for name in losses.REGISTRY if name != "sft")
 OPTIONS = {"exo_pair": {"label_smoothing": 1e-3}, "cdpo": {"label_smoothing": 0.1},
@@ -46,7 +46,7 @@ def test_a_few_steps_lower_the_loss(name, tmp_path):
         step = train.TrainStep(setup)
         history = []
         for i in range(6):
-            state, metrics = step(state, ref, setup.device_batch(pipeline.global_batch(arrays, i, 16, 0)))
+            state, metrics = step(state, ref, setup.device_batch(loader.global_batch(arrays, i, 16, 0)))
             history.append(float(metrics["loss"]))
     assert np.isfinite(history).all(), history
     assert history[-1] < history[0] - 1e-3, history

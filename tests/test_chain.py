@@ -1,4 +1,4 @@
-"""`python -m pjax.pipeline`: SFT -> RM -> DPO with lineage, resumed after a SIGKILL, then evaluated
+"""`python -m pjax.chain`: SFT -> RM -> DPO with lineage, resumed after a SIGKILL, then evaluated
 (`pjax.eval`), with the evaluation figures checked against direct computations."""
 
 import json
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import pipeline_tiny
-from pjax import checkpoint, models, pipeline, sharding
+from pjax import chain, checkpoint, models, sharding
 from tests import procs
 from tests.test_eval import _naive_seq_logps
 
@@ -50,7 +50,7 @@ def _flag(value) -> str:
 
 def test_pipeline_resumes_after_a_kill_and_is_evaluated(tmp_path, caplog):
     root, cache = tmp_path / "run", tmp_path / "cache"
-    cmd = [sys.executable, "-m", "pjax.pipeline", f"--config={procs.ROOT / 'configs' / 'pipeline_tiny.py'}",
+    cmd = [sys.executable, "-m", "pjax.chain", f"--config={procs.ROOT / 'configs' / 'pipeline_tiny.py'}",
            f"--workdir={root}", "--config.eval.after_each_phase=False",
            *(f"--config.{k}={_flag(v)}" for k, v in overrides(cache).items() if not k.startswith("eval."))]
     log = tmp_path / "first.log"
@@ -73,7 +73,7 @@ def test_pipeline_resumes_after_a_kill_and_is_evaluated(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="pjax")
     config = configured(cache)
     sft_id = checkpoint.export_metadata(root / "sft" / "export")["export_id"]
-    state = pipeline.run(config, root)
+    state = chain.run(config, root)
     assert "phase 'sft' finished earlier" in caplog.text
     assert f"resume: own checkpoint {ckpts}" in caplog.text
     assert f"initialising from parent export {root / 'sft' / 'export'}" in caplog.text
@@ -91,7 +91,7 @@ def test_pipeline_resumes_after_a_kill_and_is_evaluated(tmp_path, caplog):
     # a third run has nothing to do: every phase skipped, the evaluation reused
     caplog.clear()
     before = (root / "dpo" / "eval.json").stat().st_mtime_ns
-    pipeline.run(config, root)
+    chain.run(config, root)
     assert caplog.text.count("finished earlier") == 3 and "resume:" not in caplog.text
     assert (root / "dpo" / "eval.json").stat().st_mtime_ns == before
     cli = evaluation_cli(root)
@@ -223,41 +223,41 @@ def test_phase_status_follows_the_parent_export_and_the_config(tmp_path):
 
     config = configured(tmp_path / "cache")
     root = tmp_path / "run"
-    sft, rm = (pipeline.phase_config(config, n, root) for n in ("sft", "rm"))
-    assert pipeline.status(rm) == "pending"
+    sft, rm = (chain.phase_config(config, n, root) for n in ("sft", "rm"))
+    assert chain.status(rm) == "pending"
     params = {"w": np.zeros(2, np.float32)}
     model = dict(vars(llama.preset("tiny")))
     checkpoint.export_params(root / "sft" / "export", params, {"step": 4, "model": model})
     lineage = {"parent_export_id": checkpoint.export_metadata(root / "sft" / "export")["export_id"],
-               "config": pipeline.config_hash(rm)}
+               "config": chain.config_hash(rm)}
     (root / "rm").mkdir()
     (root / "rm" / "lineage.json").write_text(json.dumps(lineage))
-    assert pipeline.status(rm) == "pending"  # begun: resumable
+    assert chain.status(rm) == "pending"  # begun: resumable
     checkpoint.export_params(root / "rm" / "export", params, {"step": STEPS["rm"], "model": model})
-    assert pipeline.status(rm) == "finished"
+    assert chain.status(rm) == "finished"
     rm.loss.label_smoothing = 0.1  # another config
-    assert pipeline.status(rm) == "stale"
+    assert chain.status(rm) == "stale"
     rm.loss.label_smoothing = 0.0
     rm.reward.models = ("elsewhere",)  # not part of training
-    assert pipeline.status(rm) == "finished"
+    assert chain.status(rm) == "finished"
     checkpoint.export_params(root / "sft" / "export", params, {"step": 6, "model": model})  # the parent again
-    assert pipeline.status(rm) == "stale"
-    moved = pipeline.move_aside(root / "rm")
+    assert chain.status(rm) == "stale"
+    moved = chain.move_aside(root / "rm")
     assert not (root / "rm").exists() and (moved / "export" / "pjax.json").exists()
-    assert pipeline.status(rm) == "pending" and pipeline.status(sft) == "stale"  # sft: an export without lineage
+    assert chain.status(rm) == "pending" and chain.status(sft) == "stale"  # sft: an export without lineage
 
 
 def test_pipeline_config_errors_name_the_key(tmp_path):
     config = configured(tmp_path / "cache")
     config.parents.rm = "dpo"
     with pytest.raises(ValueError, match="parents.rm='dpo'"):
-        pipeline.run(config, tmp_path / "run")
+        chain.run(config, tmp_path / "run")
     config = configured(tmp_path / "cache")
     config.reward_models = ("sft",)
     with pytest.raises(ValueError, match="reward_models: 'sft' is a 'sft' phase"):
-        pipeline.run(config, tmp_path / "run")
+        chain.run(config, tmp_path / "run")
     config = configured(tmp_path / "cache")
     config.dpo.loss.beta = -1.0
     with pytest.raises(ValueError, match="loss.beta=-1.0"):  # every phase checked before the first starts
-        pipeline.run(config, tmp_path / "run")
+        chain.run(config, tmp_path / "run")
     assert not (tmp_path / "run" / "sft").exists()

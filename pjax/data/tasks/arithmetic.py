@@ -5,18 +5,15 @@ completion is the value with a leading space, ``" 16"`` (negative values are wri
 ``*`` binds tighter than ``+`` and ``-``). :func:`reward` is 1.0 when the first integer in a
 completion equals the prompt's value and 0.0 otherwise. Everything is generated deterministically
 from ``ArithmeticConfig.seed``; the SentencePiece model is seed- and config-independent (apart from
-``sp_vocab_size``) and cached on disk beside the review-sentiment task's (`pjax.data.synthetic`).
+``sp_vocab_size``) and cached on disk beside the review-sentiment task's (`pjax.data.tasks.synthetic`).
 
-Differences from `pjax.data.synthetic.SyntheticTask`: the reward needs the prompt, so
+Differences from `pjax.data.tasks.synthetic.SyntheticTask`: the reward needs the prompt, so
 ``ArithmeticTask.gold_reward`` is None and ``ArithmeticTask.reward(prompt, completion)`` takes its
 place; there are no preference pairs (``pairs`` and ``heldout_pairs`` are empty lists).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pjax.data.tasks import base
 from pjax.data.tokenizer import SentencePieceTokenizer, cached_sentencepiece
 
 # Bump whenever the prompt format or the tokenizer corpus / options change: it keys the tokenizer cache.
@@ -37,18 +35,14 @@ MAX_TERMS = 8
 NOISE_OFFSETS = (-3, -2, -1, 1, 2, 3)  # a noisy SFT answer is the true one plus one of these
 _TOKENIZER_SEED, _TOKENIZER_LINES, _TOKENIZER_MAX_OPERAND = 12345, 3000, 999
 _SP_OPTIONS = {"split_digits": True, "hard_vocab_limit": False}
-_STREAMS = {"sft": 0, "heldout_prompts": 1, "noise": 2}
+_rng = base.Streams("sft", "heldout_prompts", "noise")
 _EXPR = re.compile(r"q : (\d+(?: [-+*] \d+)*) =")
 _INT = re.compile(r"-?\d+")
 _MAX_DIGITS = 64  # longer digit runs in a completion never match (and never reach int())
 
 
-def _default_cache_dir() -> str:
-    return str(Path(os.environ.get("PJAX_CACHE", "~/.cache/pjax")).expanduser() / "synthetic")
-
-
-@dataclass
-class ArithmeticConfig:
+@dataclass(kw_only=True)
+class ArithmeticConfig(base.TaskConfig):
     """Task size, operand range and SFT answer noise.
 
     Operands are drawn uniformly from ``0..max_operand``, the number of terms uniformly from
@@ -58,44 +52,33 @@ class ArithmeticConfig:
     phase something to fix. ``sp_vocab_size`` is an upper bound: digits are split one per piece,
     so the corpus has only 27 distinct pieces and the tokenizer's ``vocab_size`` is
     ``min(sp_vocab_size, 27)`` (it must be >= 21, one piece per character plus 4 special pieces).
-    ``cache_dir`` defaults to ``$PJAX_CACHE/synthetic`` (``PJAX_CACHE`` defaults to ``~/.cache/pjax``).
+    The seed, sizes and ``cache_dir`` are `base.TaskConfig`'s (``cache_dir`` defaults to
+    ``$PJAX_CACHE/synthetic``, ``PJAX_CACHE`` to ``~/.cache/pjax``).
     """
 
-    seed: int = 0
-    num_sft: int = 4000
-    num_heldout_prompts: int = 256
     max_operand: int = 20
     operations: Sequence[str] = ("+", "-")
     min_terms: int = 2
     max_terms: int = 3
     answer_noise: float = 0.0
     sp_vocab_size: int = 64
-    cache_dir: str = field(default_factory=_default_cache_dir)
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"ArithmeticConfig.{name} {why}, got {getattr(self, name)!r}")
-
-        for name in ("seed", "num_sft", "num_heldout_prompts"):
-            if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
-        if self.max_operand < 1:
-            raise bad("max_operand", "must be >= 1")
+        super().__post_init__()
+        self._require("max_operand", self.max_operand >= 1, "must be >= 1")
         ops = tuple(self.operations)
-        if not ops or any(op not in SUPPORTED_OPERATIONS for op in ops) or len(set(ops)) != len(ops):
-            raise bad("operations", f"must be distinct operators from {SUPPORTED_OPERATIONS}")
+        self._require("operations", bool(ops) and all(op in SUPPORTED_OPERATIONS for op in ops)
+                   and len(set(ops)) == len(ops),
+                   f"must be distinct operators from {SUPPORTED_OPERATIONS}")
         self.operations = ops
-        if not 1 <= self.min_terms <= MAX_TERMS:
-            raise bad("min_terms", f"must be in [1, {MAX_TERMS}]")
-        if not self.min_terms <= self.max_terms <= MAX_TERMS:
-            raise bad("max_terms", f"must be in [min_terms={self.min_terms}, {MAX_TERMS}]")
-        if not 0.0 <= self.answer_noise <= 1.0:
-            raise bad("answer_noise", "must be in [0, 1]")
-        if self.sp_vocab_size < MIN_VOCAB_SIZE:
-            raise bad("sp_vocab_size", f"must be >= {MIN_VOCAB_SIZE}")
-        if self.num_heldout_prompts > self.num_prompts // 2:
-            raise bad("num_heldout_prompts", f"must be at most half of the {self.num_prompts} distinct prompts "
-                      f"(raise max_operand, max_terms or the operations)")
+        self._require("min_terms", 1 <= self.min_terms <= MAX_TERMS, f"must be in [1, {MAX_TERMS}]")
+        self._require("max_terms", self.min_terms <= self.max_terms <= MAX_TERMS,
+                   f"must be in [min_terms={self.min_terms}, {MAX_TERMS}]")
+        self._require("answer_noise", 0.0 <= self.answer_noise <= 1.0, "must be in [0, 1]")
+        self._require("sp_vocab_size", self.sp_vocab_size >= MIN_VOCAB_SIZE, f"must be >= {MIN_VOCAB_SIZE}")
+        self._require("num_heldout_prompts", self.num_heldout_prompts <= self.num_prompts // 2,
+                   f"must be at most half of the {self.num_prompts} distinct prompts "
+                   "(raise max_operand, max_terms or the operations)")
 
     @property
     def num_prompts(self) -> int:
@@ -169,10 +152,6 @@ def sample_prompt(rng: np.random.Generator, cfg: ArithmeticConfig) -> str:
     return format_prompt(operands, ops)
 
 
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    return np.random.default_rng([seed, _STREAMS[stream]])
-
-
 @dataclass
 class ArithmeticTask:
     """Generated data: (prompt, completion) SFT examples and held-out prompts, with a verifiable reward.
@@ -219,9 +198,8 @@ def _tokenizer_corpus() -> list[str]:
 
 def tokenizer_cache_path(cfg: ArithmeticConfig) -> Path:
     """Cache file of the task tokenizer, keyed by generator version, trainer options and vocab size."""
-    key = json.dumps([GENERATOR_VERSION, cfg.sp_vocab_size, _SP_OPTIONS, _TOKENIZER_LINES, _TOKENIZER_MAX_OPERAND])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(cfg.cache_dir).expanduser() / f"arith-sp{cfg.sp_vocab_size}-{digest}.model"
+    return base.tokenizer_path(cfg.cache_dir, "arith-", GENERATOR_VERSION, cfg.sp_vocab_size, _SP_OPTIONS,
+                               _TOKENIZER_LINES, _TOKENIZER_MAX_OPERAND)
 
 
 def load_or_train_tokenizer(cfg: ArithmeticConfig) -> SentencePieceTokenizer:
@@ -241,18 +219,15 @@ def build_task(cfg: ArithmeticConfig) -> ArithmeticTask:
     Held-out prompts are drawn first (distinct), so they depend neither on ``num_sft`` nor on
     ``answer_noise``; SFT prompts are then drawn i.i.d., redrawing any held-out prompt.
     """
-    rng = _rng(cfg.seed, "heldout_prompts")
-    heldout: dict[str, None] = {}
-    while len(heldout) < cfg.num_heldout_prompts:  # at most half the prompt space: few redraws
-        heldout.setdefault(sample_prompt(rng, cfg))
+    rng = _rng(cfg.seed, "heldout_prompts")  # at most half the prompt space (checked): few redraws
+    heldout_prompts = base.heldout_prompts(lambda: sample_prompt(rng, cfg), cfg.num_heldout_prompts)
+    heldout = set(heldout_prompts)
     rng, noise_rng = _rng(cfg.seed, "sft"), _rng(cfg.seed, "noise")
     sft, sft_noisy = [], []
     for _ in range(cfg.num_sft):
-        prompt = sample_prompt(rng, cfg)
-        while prompt in heldout:
-            prompt = sample_prompt(rng, cfg)
+        prompt = base.fresh(lambda: sample_prompt(rng, cfg), heldout)
         value, noisy = _noisy_answer(noise_rng, answer(prompt), cfg.answer_noise)
         sft.append((prompt, format_answer(value)))
         sft_noisy.append(noisy)
-    return ArithmeticTask(sft=sft, sft_noisy=sft_noisy, heldout_prompts=list(heldout),
+    return ArithmeticTask(sft=sft, sft_noisy=sft_noisy, heldout_prompts=heldout_prompts,
                           tokenizer=load_or_train_tokenizer(cfg), config=cfg)

@@ -10,16 +10,14 @@ cached on disk.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pjax.data.tasks import base
 from pjax.data.tokenizer import SentencePieceTokenizer, cached_sentencepiece
 
 # Bump whenever the lexicon, templates or generator change: it keys the tokenizer cache.
@@ -95,8 +93,8 @@ MIN_COMPLETION_WORDS, MAX_COMPLETION_WORDS = 6, 14
 REWARD_SCALE, REWARD_CLIP = 3.0, 3.0
 _P_NEUTRAL_ADJ = 0.25
 _TOKENIZER_SEED, _TOKENIZER_LINES = 12345, 3000
-_STREAMS = {"sft": 0, "pairs": 1, "heldout_prompts": 2, "heldout_pairs": 3, "list": 4, "unpaired": 5, "step": 6,
-            "scored": 7}
+_MAX_TRIES = 100  # redraws of a held-out prompt that is a training prompt
+_rng = base.Streams("sft", "pairs", "heldout_prompts", "heldout_pairs", "list", "unpaired", "step", "scored")
 
 
 def gold_reward(completion: str) -> float:
@@ -116,33 +114,22 @@ def gold_reward(completion: str) -> float:
     return float(np.clip(REWARD_SCALE * total / math.sqrt(len(words)), -REWARD_CLIP, REWARD_CLIP))
 
 
-def _default_cache_dir() -> str:
-    return str(Path(os.environ.get("PJAX_CACHE", "~/.cache/pjax")).expanduser() / "synthetic")
+@dataclass(kw_only=True)
+class SyntheticConfig(base.TaskConfig):
+    """Task size and noise, besides `base.TaskConfig`'s seed, SFT and held-out prompt counts,
+    ``sp_vocab_size`` (512) and ``cache_dir`` (``$PJAX_CACHE/synthetic``, ``PJAX_CACHE`` defaulting
+    to ``~/.cache/pjax``)."""
 
-
-@dataclass
-class SyntheticConfig:
-    """Task size and noise. ``cache_dir`` defaults to ``$PJAX_CACHE/synthetic``
-    (``PJAX_CACHE`` defaults to ``~/.cache/pjax``)."""
-
-    seed: int = 0
-    num_sft: int = 4000
     num_pairs: int = 4000
-    num_heldout_prompts: int = 256
     num_heldout_pairs: int = 256
     label_noise: float = 0.0
     bt_temperature: float = 1.0
-    sp_vocab_size: int = 512
-    cache_dir: str = field(default_factory=_default_cache_dir)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.label_noise <= 1.0:
-            raise ValueError(f"label_noise must be in [0, 1], got {self.label_noise}")
-        if self.bt_temperature <= 0:
-            raise ValueError(f"bt_temperature must be > 0, got {self.bt_temperature}")
-        sizes = (self.num_sft, self.num_pairs, self.num_heldout_prompts, self.num_heldout_pairs)
-        if self.seed < 0 or min(sizes) < 0:
-            raise ValueError(f"seed and sizes must be >= 0, got seed={self.seed}, sizes={sizes}")
+        super().__post_init__()
+        self._require_nonnegative("num_pairs", "num_heldout_pairs")
+        self._require("label_noise", 0.0 <= self.label_noise <= 1.0, "must be in [0, 1]")
+        self._require("bt_temperature", self.bt_temperature > 0, "must be > 0")
 
 
 @dataclass
@@ -201,31 +188,22 @@ def sample_completion(rng: np.random.Generator) -> str:
     return " " + " ".join(words)  # completions carry their leading space (TRL's convention: prompt + completion)
 
 
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    return np.random.default_rng([seed, _STREAMS[stream]])
+def _first_wins(rng: np.random.Generator, a: str, b: str, cfg: SyntheticConfig) -> bool:
+    """Bradley-Terry label from the gold reward of texts `a` and `b`, then a flip with prob ``label_noise``."""
+    margin = (gold_reward(a) - gold_reward(b)) / cfg.bt_temperature
+    a_wins = rng.random() < 1.0 / (1.0 + math.exp(-margin))
+    if rng.random() < cfg.label_noise:  # always drawn: the stream is independent of label_noise
+        a_wins = not a_wins
+    return a_wins
 
 
 def _sample_pair(rng: np.random.Generator, prompt: str, cfg: SyntheticConfig) -> tuple[str, str, str]:
-    """Bradley-Terry label from the gold reward, then a flip with prob ``label_noise``."""
+    """Two different base completions, labelled by `_first_wins`."""
     y1 = sample_completion(rng)
     y2 = sample_completion(rng)
     while y2 == y1:
         y2 = sample_completion(rng)
-    margin = (gold_reward(y1) - gold_reward(y2)) / cfg.bt_temperature
-    y1_wins = rng.random() < 1.0 / (1.0 + math.exp(-margin))
-    if rng.random() < cfg.label_noise:  # always drawn: the stream is independent of label_noise
-        y1_wins = not y1_wins
-    return (prompt, y1, y2) if y1_wins else (prompt, y2, y1)
-
-
-def _fresh_prompt(rng: np.random.Generator, avoid: set[str], max_tries: int = 100) -> str:
-    """A prompt not in ``avoid`` if one is found within ``max_tries`` draws."""
-    prompt = sample_prompt(rng)
-    for _ in range(max_tries):
-        if prompt not in avoid:
-            break
-        prompt = sample_prompt(rng)
-    return prompt
+    return (prompt, y1, y2) if _first_wins(rng, y1, y2, cfg) else (prompt, y2, y1)
 
 
 def _tokenizer_corpus() -> list[str]:
@@ -238,9 +216,8 @@ def _tokenizer_corpus() -> list[str]:
 
 def tokenizer_cache_path(cfg: SyntheticConfig) -> Path:
     """Cache file of the task tokenizer, keyed by generator version, lexicon and vocab size."""
-    key = json.dumps([GENERATOR_VERSION, cfg.sp_vocab_size, LEXICON, PROMPT_TEMPLATES, CLAUSES])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(cfg.cache_dir).expanduser() / f"sp{cfg.sp_vocab_size}-{digest}.model"
+    return base.tokenizer_path(cfg.cache_dir, "", GENERATOR_VERSION, cfg.sp_vocab_size, LEXICON, PROMPT_TEMPLATES,
+                               CLAUSES)
 
 
 def load_or_train_tokenizer(cfg: SyntheticConfig) -> SentencePieceTokenizer:
@@ -255,14 +232,13 @@ def build_task(cfg: SyntheticConfig) -> SyntheticTask:
     rng = _rng(cfg.seed, "pairs")
     pairs = [_sample_pair(rng, sample_prompt(rng), cfg) for _ in range(cfg.num_pairs)]
 
+    # held-out prompts avoid the training prompts (up to _MAX_TRIES redraws each: the space is finite)
     seen = {p for p, _ in sft} | {p for p, _, _ in pairs}
     rng = _rng(cfg.seed, "heldout_prompts")
-    heldout_prompts, avoid = [], set(seen)
-    for _ in range(cfg.num_heldout_prompts):
-        heldout_prompts.append(_fresh_prompt(rng, avoid))
-        avoid.add(heldout_prompts[-1])
+    heldout_prompts = base.heldout_prompts(lambda: sample_prompt(rng), cfg.num_heldout_prompts, seen, _MAX_TRIES)
     rng = _rng(cfg.seed, "heldout_pairs")
-    heldout_pairs = [_sample_pair(rng, _fresh_prompt(rng, seen), cfg) for _ in range(cfg.num_heldout_pairs)]
+    heldout_pairs = [_sample_pair(rng, base.fresh(lambda: sample_prompt(rng), seen, _MAX_TRIES), cfg)
+                     for _ in range(cfg.num_heldout_pairs)]
 
     return SyntheticTask(
         sft=sft,
@@ -314,11 +290,7 @@ def preference_records(cfg: SyntheticConfig, kind: str, *, list_size: int = 4) -
             prompt, words = sample_prompt(rng), sample_completion(rng).split()
             prefix = " " + " ".join(words[: max(1, len(words) // 2)])
             a, b = (" " + " ".join(sample_completion(rng).split()[:5]) for _ in range(2))
-            margin = (gold_reward(prefix + a) - gold_reward(prefix + b)) / cfg.bt_temperature
-            a_wins = rng.random() < 1.0 / (1.0 + math.exp(-margin))
-            if rng.random() < cfg.label_noise:
-                a_wins = not a_wins
-            chosen, rejected = (a, b) if a_wins else (b, a)
+            chosen, rejected = (a, b) if _first_wins(rng, prefix + a, prefix + b, cfg) else (b, a)
             rows.append({"prompt": prompt, "prefix": prefix, "chosen": chosen, "rejected": rejected})
         return rows
     if kind == "SCORE":

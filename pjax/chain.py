@@ -1,4 +1,4 @@
-"""`python -m pjax.pipeline --config=configs/pipeline_tiny.py --workdir=<dir>`: the phases in order.
+"""`python -m pjax.chain --config=configs/pipeline_tiny.py --workdir=<dir>`: the phases in order.
 
 A pipeline config names its phases in order (`phases`), each a whole phase config under its name
 (`config.sft`, `config.rm`, ...; override any key with `--config.<name>.<key>=value`), the phase it
@@ -29,7 +29,8 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from pjax import checkpoint, distributed, logs, train
+from pjax import api, checkpoint, distributed, logs
+from pjax import eval as evaluation
 
 log = logging.getLogger("pjax")
 
@@ -39,7 +40,7 @@ LINEAGE_FILE = "lineage.json"
 
 def validate(config: ConfigDict) -> None:
     """Start-up checks of the pipeline config, naming the key (each phase's own config is checked by
-    `pjax.train.validate` when it starts)."""
+    `pjax.validate` when it starts)."""
     names = tuple(config.phases)
     if not names:
         raise ValueError("phases: no phases to run")
@@ -118,14 +119,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def run(config: ConfigDict, workdir: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) every phase in order; returns the pipeline state written to `pipeline.json`."""
-    from pjax import eval as evaluation
-
     validate(config)
     root = Path(workdir or config.workdir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     configs = {name: phase_config(config, name, root) for name in config.phases}
     for cfg in configs.values():
-        train.validate(cfg)  # every phase's config, before the first one spends any time
+        api.validate(cfg)  # every phase's config, before the first one spends any time
     distributed.initialize(configs[config.phases[0]])  # before anything starts JAX's backend
     state_path = root / PIPELINE_FILE
     state: dict[str, Any] = {"workdir": str(root), "phases": {}}
@@ -159,7 +158,7 @@ def run(config: ConfigDict, workdir: str | Path | None = None) -> dict[str, Any]
             log.info("pipeline: phase %r (%s) in %s%s", name, cfg.phase, cfg.workdir,
                      f", from {cfg.init_from}" if cfg.init_from else "")
             t0 = time.perf_counter()
-            summary = train.run(cfg)
+            summary = api.train(cfg)
             if summary["preempted"]:
                 entry["status"] = "preempted"
                 _write_json(state_path, state)

@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 
-import pjax.data.synthetic as synthetic
-from pjax.data import SyntheticConfig, build_task, gold_reward
+from pjax.data.tasks import synthetic
+from pjax.data.tasks.synthetic import SyntheticConfig, build_task, gold_reward
 
 
 def _small(seed=0, **kw):
@@ -83,11 +83,13 @@ def test_tokenizer_cache_reused(tmp_path, monkeypatch):
     assert task.tokenizer.model_path == str(path) and os.stat(path).st_mtime_ns == mtime
 
 
-def test_config_validation():
-    with pytest.raises(ValueError, match="label_noise"):
-        SyntheticConfig(label_noise=1.5)
-    with pytest.raises(ValueError, match="bt_temperature"):
-        SyntheticConfig(bt_temperature=0.0)
+@pytest.mark.parametrize("kw, field", [
+    ({"label_noise": 1.5}, "label_noise"), ({"bt_temperature": 0.0}, "bt_temperature"), ({"seed": -1}, "seed"),
+    ({"num_sft": -1}, "num_sft"), ({"num_pairs": -1}, "num_pairs"), ({"num_heldout_pairs": -1}, "num_heldout_pairs"),
+])
+def test_config_validation(kw, field):
+    with pytest.raises(ValueError, match=rf"SyntheticConfig\.{field} "):
+        SyntheticConfig(**kw)
 
 
 _LEXICON_WORDS = {  # the task's lexicon, written out again: score -> words
@@ -132,7 +134,9 @@ def test_score_stream_is_its_own():
     scored = synthetic.preference_records(cfg, "SCORE")
     unp = synthetic.preference_records(cfg, "UNP")
     assert [r["completion"] for r in scored] != [r["completion"] for r in unp]
-    assert len(set(synthetic._STREAMS.values())) == len(synthetic._STREAMS)
+    # the stream numbers fix the generated data: new streams are appended, never renumbered
+    assert synthetic._rng.ids == {"sft": 0, "pairs": 1, "heldout_prompts": 2, "heldout_pairs": 3, "list": 4,
+                                  "unpaired": 5, "step": 6, "scored": 7}
 
 
 def test_pair_records_are_the_task_pairs(sp_cache):

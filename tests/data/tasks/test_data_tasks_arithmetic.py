@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pjax.data import arithmetic
-from pjax.data.arithmetic import ArithmeticConfig, answer, build_task, parse_completion, reward
+from pjax.data.tasks import arithmetic
+from pjax.data.tasks.arithmetic import ArithmeticConfig, answer, build_task, parse_completion, reward
 from pjax.data.chat import encode_example
 
 _PROMPT_RE = re.compile(r"q : (\d+(?: [-+*] \d+)*) =")
@@ -145,6 +145,11 @@ def test_tokenizer_cached_atomically(cache):
 def test_config_validation_names_field(kw, field, cache):
     with pytest.raises(ValueError, match=rf"ArithmeticConfig\.{field} "):
         ArithmeticConfig(cache_dir=cache, **kw)
+
+
+def test_stream_numbers_fixed():
+    # the stream numbers fix the generated data: new streams are appended, never renumbered
+    assert arithmetic._rng.ids == {"sft": 0, "heldout_prompts": 1, "noise": 2}
 
 
 def test_config_defaults_and_operations_string(monkeypatch):
