@@ -42,7 +42,7 @@ def model_config(preset: str, **overrides) -> ConfigDict:
     """Every `LlamaConfig` field, filled from a preset, so each can be overridden by flag.
 
     `base_preset` records which preset filled the fields: overriding `model.preset` switches every
-    field that still has that preset's value (see `pjax.train.model_config`).
+    field that still has that preset's value (see `pjax.models.config.model_config`).
     """
     values = {**resolved(preset), **overrides}
     values["rope_scaling"] = tuple(values["rope_scaling"])
@@ -140,7 +140,7 @@ def get_config() -> ConfigDict:
         wandb_mode="",  # online | offline (`wandb sync` later) | disabled; "" = W&B's default (WANDB_MODE, else online)
     ))
 
-    # Online policy optimisation (phase='online'; pjax.online): train.steps counts iterations.
+    # Online policy optimisation (phase='online'; pjax.rl): train.steps counts iterations.
     c.online = ConfigDict(dict(
         algorithm="grpo",  # ppo | grpo | rloo | online_dpo | xpo | raft | nash_md
         prompts_per_iteration=8,

@@ -17,18 +17,18 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from configs import grpo_arithmetic, sft_arithmetic
-from pjax import checkpoint, sharding, train
+from pjax import api, checkpoint
 from pjax import eval as evaluation
+from pjax.data import batching, tasks
 
 
-def accuracy(cfg, export: str, task, prompts: dict, texts: list[str], samples: int, temperature: float,
+def accuracy(mesh_rules, cfg, export: str, task, prompts: dict, texts: list[str], samples: int, temperature: float,
              seed: int) -> tuple[np.ndarray, dict]:
     """Per-prompt accuracy `[P]` over `samples` completions (temperature 0: greedy, one), and the samples."""
-    model_def, params, _ = checkpoint.load_export(export, *_mesh_rules(cfg))
+    model_def, params, _ = checkpoint.load_export(export, *mesh_rules)
     tok = task.tokenizer
     out = evaluation.sample(model_def, params, prompts, seed=seed, max_new_tokens=cfg.generate.max_new_tokens,
                             eos_id=tuple(tok.stop_ids), pad_id=tok.pad_id, temperature=temperature,
@@ -36,10 +36,6 @@ def accuracy(cfg, export: str, task, prompts: dict, texts: list[str], samples: i
     completions = evaluation.decode_completions(tok, out)
     right = np.array([task.reward(texts[p], c) for p, c in zip(out["prompt_index"], completions)])
     return right.reshape(len(texts), samples).mean(1), out
-
-
-def _mesh_rules(cfg):
-    return sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
 
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:
@@ -64,20 +60,17 @@ def main() -> None:
     seconds = {}
     for name, cfg in (("sft", sft), ("grpo", grpo)):
         t0 = time.perf_counter()
-        train.run(cfg)
+        api.train(cfg)
         seconds[name] = time.perf_counter() - t0
-    task = train.build_task(sft)
+    task = tasks.build_task(sft)
     texts = list(task.heldout_prompts)
-    from pjax.data import batching
-
     prompts = batching.encode_prompts(task.tokenizer, texts, sft.data.max_prompt_len)
-    mesh, rules = _mesh_rules(sft)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    with api.on_mesh(sft) as (mesh, rules):
         figures = {}
         for name in ("sft", "grpo"):
             export = str(root / name / "export")
-            sampled, out = accuracy(sft, export, task, prompts, texts, args.samples, 1.0, seed=7)
-            greedy, _ = accuracy(sft, export, task, prompts, texts, 1, 0.0, seed=0)
+            sampled, out = accuracy((mesh, rules), sft, export, task, prompts, texts, args.samples, 1.0, seed=7)
+            greedy, _ = accuracy((mesh, rules), sft, export, task, prompts, texts, 1, 0.0, seed=0)
             figures[name] = {"sampled": sampled, "greedy": greedy, "samples": out}
         ref_def, ref_params, _ = checkpoint.load_export(str(root / "sft" / "export"), mesh, rules)
         pol_def, pol_params, _ = checkpoint.load_export(str(root / "grpo" / "export"), mesh, rules)

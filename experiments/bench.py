@@ -7,7 +7,7 @@
     python -m experiments.bench --logprob-memory [--lp-batch=4 --lp-len=512 --lp-dim=576
         --lp-vocab=128256 --lp-chunk=128]
 
-The step measured is exactly `pjax.train.TrainStep` (grads of the configured objective, AdamW,
+The step measured is exactly the phase's `pjax.core.step.TrainStep` (grads of the configured objective, AdamW,
 donated state), on RANDOM token batches of the requested shape (not the synthetic task), so any
 model/batch shape can be measured. Batch = `config.train.batch_size` rows (SFT, `[B, T]`) or pairs
 (DPO, `[B, 2, T]`), T = prompt_len + completion_len, no padding; `completion_mask` is 1 on the
@@ -61,12 +61,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from pjax import losses, sharding
+from pjax import generate, losses, sharding
 from pjax.data.shapes import random_batch
 from pjax.models.heads import naive_token_logprobs, token_logprobs
 from pjax.models.llama import LlamaConfig
 from pjax.plan import analysis_dict, dashes_to_underscores
-from pjax.train import TrainStep, make_setup, model_config, validate, validate_for_mesh
+from pjax import api
+from pjax.models.config import model_config
 
 FLOP_FORMULA = (
     "N = L*(d*hd*(2H+2K) + 3*d*f) + d*V (matmul params: layer weights + LM head once; input embedding "
@@ -119,23 +120,21 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
     """Benchmark one train step of `config` on random batches; returns the JSON-able result."""
     if steps < 1 or warmup < 0:
         raise ValueError("--steps must be >= 1 and --warmup >= 0")
-    validate(config)
+    run = api.Run(config)
     cfg = model_config(config)
     needs_reference = losses.needs_reference(config.loss)
-    mesh = sharding.make_mesh(config.mesh.shape)
-    validate_for_mesh(config, mesh)
     host_batch = random_batch(config, prompt_len, completion_len, seed=config.seed)
     T = prompt_len + completion_len
     tokens_per_step = int(host_batch["mask"].sum())
 
-    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
-        setup = make_setup(config, mesh)
-        state = setup.init_state(config.seed)
+    with run:
+        setup = run.setup
+        state = run.init()
         ref_params = jax.tree.map(jnp.copy, state["params"]) if needs_reference else None
         batch = setup.device_batch(host_batch)
         jax.block_until_ready((state, ref_params, batch))
         t0 = time.perf_counter()
-        step_fn = TrainStep(setup).jitted(ref_params, batch).lower(state, ref_params, batch).compile()
+        step_fn = run.train_step.jitted(ref_params, batch).lower(state, ref_params, batch).compile()
         compile_s = time.perf_counter() - t0
         compiled_memory = analysis_dict(step_fn)
 
@@ -180,7 +179,7 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "host_cpu": _cpu_model(),
-        "mesh": {k: int(v) for k, v in mesh.shape.items()},
+        "mesh": {k: int(v) for k, v in run.mesh.shape.items()},
         "model": {"layers": cfg.n_layers, "d_model": cfg.d_model, "heads": cfg.n_heads,
                   "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "d_ff": cfg.d_ff,
                   "vocab": cfg.vocab_size, "tie_embeddings": cfg.tie_embeddings, "dtype": cfg.dtype,
@@ -261,17 +260,14 @@ def decode_benchmark(config: ConfigDict, *, steps: int = 5, warmup: int = 1, pro
     """Time `pjax.generate.generate` (prefill + KV-cache decode in one jitted loop) on random prompts of
     the config's model and mesh: every row generates `completion_len` tokens (no stop token is in the
     vocabulary). Decode tokens/s = rows x new tokens / generation time (prefill included)."""
-    from pjax import generate
-
-    validate(config)
+    run = api.Run(config)
     cfg = model_config(config)
-    mesh = sharding.make_mesh(config.mesh.shape)
     B = config.train.batch_size
     rng = np.random.default_rng(config.seed)
     prompts = rng.integers(3, cfg.vocab_size, (B, prompt_len)).astype(np.int32)
-    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
-        setup = make_setup(config, mesh)
-        params = setup.init_state(config.seed)["params"]
+    with run:
+        setup = run.setup
+        params = run.init()["params"]
         mask = jnp.ones((B, prompt_len), jnp.int32)
 
         def run(i):

@@ -28,17 +28,14 @@ BEST_OF_N = (1, 2, 4, 8, 16, 32, 64)
 
 def best_of_n(sft: str, rm: str, num_prompts: int, plot: Path) -> dict:
     """Best-of-N curves of the SFT policy: the gold reward of the sample the RM (or gold) picks."""
-    import jax
-
+    from pjax import api
     from pjax import eval as evaluation
-    from pjax import sharding
 
     cfg = literature.tiny_policy_config(dpo_tiny.get_config(), sft)
     cfg.reward.models = (rm,)
-    mesh, rules = sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    with api.on_mesh(cfg) as (mesh, rules):
         heldout = evaluation.load_heldout(cfg, num_prompts)
-        return evaluation.best_of_n(cfg, sft, heldout, evaluation._Loaded(mesh, rules),
+        return evaluation.best_of_n(cfg, sft, heldout, evaluation.Exports(mesh, rules),
                                     evaluation.Options(best_of_n=BEST_OF_N, best_of_n_prompts=num_prompts),
                                     plot)["curves"]
 

@@ -14,11 +14,9 @@ import json
 import time
 from pathlib import Path
 
-import jax
-
 from configs import grpo_tiny, ppo_tiny
 from pjax import eval as evaluation
-from pjax import logs, sharding, train
+from pjax import api, logs
 
 ALGORITHMS = {  # name -> (base config, overrides of config keys)
     "ppo": (ppo_tiny, {}),
@@ -39,13 +37,12 @@ ALGORITHMS = {  # name -> (base config, overrides of config keys)
 def train_and_evaluate(cfg, name: str, reward: str, num_prompts: int) -> dict:
     """Run the online phase `cfg`, then its held-out figures against its parent (`cfg.init_from`)."""
     t0 = time.perf_counter()
-    out = train.run(cfg)
+    out = api.train(cfg)
     seconds = time.perf_counter() - t0
-    mesh, rules = sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    with api.on_mesh(cfg) as (mesh, rules):
         heldout = evaluation.load_heldout(cfg, num_prompts)
         result = evaluation.evaluate_policy(cfg, out["export"], cfg.init_from, heldout,
-                                            evaluation._Loaded(mesh, rules), evaluation.Options())
+                                            evaluation.Exports(mesh, rules), evaluation.Options())
     row = {"algorithm": name, "reward": reward, "seconds": round(seconds, 1),
            **{k: result.get(k) for k in ("gold_reward", "reference_gold_reward", "win_rate_gold", "kl_to_reference",
                                          "rm_reward", "mean_length")}}

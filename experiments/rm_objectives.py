@@ -13,11 +13,9 @@ import json
 import time
 from pathlib import Path
 
-import jax
-
 from configs import pipeline_tiny
 from pjax import eval as evaluation
-from pjax import logs, sharding, train
+from pjax import api, logs
 
 VARIANTS = {  # name -> overrides of the rm phase
     "bradley_terry": {},
@@ -56,12 +54,11 @@ def main() -> None:
         cfg.workdir, cfg.init_from, cfg.train.steps = str(root / f"v{i}"), args.sft, args.steps
         configure(cfg, overrides)
         t0 = time.perf_counter()
-        out = train.run(cfg)
+        out = api.train(cfg)
         seconds = time.perf_counter() - t0
-        mesh, rules = sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
-        with jax.set_mesh(mesh), sharding.use_rules(rules):
+        with api.on_mesh(cfg) as (mesh, rules):
             heldout = evaluation.load_heldout(cfg, 1)
-            result = evaluation.evaluate_reward_model(cfg, out["export"], heldout, evaluation._Loaded(mesh, rules))
+            result = evaluation.evaluate_reward_model(cfg, out["export"], heldout, evaluation.Exports(mesh, rules))
         rows.append({"variant": name, "seconds": round(seconds, 1), **{k: result.get(k) for k in (
             "reward_accuracy", "gold_agreement", "reward_accuracy_per_head", "num_pairs")}})
         print(json.dumps(rows[-1]))

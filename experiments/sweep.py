@@ -246,9 +246,7 @@ def collect(cfg: ConfigDict, evaluate: bool = False, num_prompts: int = 128) -> 
 
 def evaluate_point(cfg: ConfigDict, num_prompts: int) -> dict[str, float]:
     """Samples of the point's policy on held-out prompts against its parent (cached by export id)."""
-    import jax
-
-    from pjax import checkpoint, sharding
+    from pjax import api, checkpoint
     from pjax import eval as evaluation
 
     workdir = Path(cfg.workdir)
@@ -259,11 +257,10 @@ def evaluate_point(cfg: ConfigDict, num_prompts: int) -> dict[str, float]:
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             return cached["scalars"]
-    mesh, rules = sharding.make_mesh(cfg.mesh.shape), sharding.config_rules(cfg.sharding)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    with api.on_mesh(cfg) as (mesh, rules):
         heldout = evaluation.load_heldout(cfg, num_prompts)
         result = evaluation.evaluate_policy(cfg, export, cfg.init_from or None, heldout,
-                                            evaluation._Loaded(mesh, rules), evaluation.Options(num_prompts=num_prompts))
+                                            evaluation.Exports(mesh, rules), evaluation.Options(num_prompts=num_prompts))
     figures = evaluation.scalars(result)
     _write_json(cache, {"key": key, "scalars": figures})
     return figures
@@ -278,7 +275,7 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
               collect_only: bool = False, curve_metrics: Sequence[str] = (), frontier_by: str = "",
               table_metrics: Sequence[str] = ()) -> dict[str, Any]:
     """Expand, run what is not finished, collect, and write `sweep.csv`, `sweep.md` and the plots."""
-    from pjax import chain, train
+    from pjax import api, chain
 
     if launcher not in LAUNCHERS:
         raise ValueError(f"--launcher={launcher!r}: expected one of {LAUNCHERS}")
@@ -291,7 +288,7 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
     configs = {p: point_config(base, p, root) for p in points}
     for p, cfg in configs.items():
         try:
-            train.validate(cfg)
+            api.validate(cfg)
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"sweep point {p.name}: {e}") from e
     _write_json(root / "sweep.json", {"grid": [[k, list(v)] for k, v in grid], "seeds": seeds,
@@ -320,7 +317,7 @@ def run_sweep(base: ConfigDict, grid: Sequence[tuple[str, Sequence[str]]], seeds
             for p in pending:
                 log.info("sweep: running %s", p.name)
                 try:
-                    preempted = train.run(configs[p])["preempted"]
+                    preempted = api.train(configs[p])["preempted"]
                 except Exception:  # noqa: BLE001 - the other points go on; raised again after collecting
                     log.exception("sweep: %s failed", p.name)
                     failed.append(p.name)

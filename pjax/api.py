@@ -7,7 +7,7 @@ which is built on this module) passes them.
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import importlib.util
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from configs import base
 from pjax import checkpoint, config_io, models, phases, sharding
 from pjax import eval as evaluation
 from pjax.core import loop
@@ -70,6 +71,15 @@ def _override(cfg: ConfigDict, dotted: str, value: Any) -> None:
     node[leaf] = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
 
 
+@contextlib.contextmanager
+def on_mesh(cfg: ConfigDict) -> Iterator[tuple[jax.sharding.Mesh, sharding.Rules]]:
+    """`with pjax.on_mesh(cfg) as (mesh, rules):` the config's device mesh and rules table set, for work
+    that is not a phase (evaluation, loading exports side by side)."""
+    mesh, rules = mesh_and_rules(cfg)
+    with jax.set_mesh(mesh), sharding.use_rules(rules):
+        yield mesh, rules
+
+
 def validate(cfg: ConfigDict) -> None:
     """The start-up checks of `cfg`'s phase, each error naming the key."""
     loop.validate(cfg, phases.spec(cfg))
@@ -95,7 +105,7 @@ class Run:
         with self:
             self.setup = make_setup(cfg, self.mesh, self.spec.optimizer_steps(cfg))
             validate_for_mesh(cfg, self.mesh, *self.spec.step_rows(cfg))
-            self._step = self.spec.make_step(self.setup)
+            self.train_step = self.spec.make_step(self.setup)  # `.jitted(...)` lowers it (benchmarks)
         self._contexts: list[Any] = []
 
     def __enter__(self) -> "Run":
@@ -154,7 +164,7 @@ class Run:
 
     def step(self, state: State, batch: dict[str, jax.Array], ref_params: Any = None) -> tuple[State, dict]:
         """One optimizer step of the CLI's jitted train step; `state` is donated (use the returned one)."""
-        return self._step(state, ref_params, batch)
+        return self.train_step(state, ref_params, batch)
 
 
 class Model:
@@ -226,10 +236,7 @@ def load_reward_model(exports: str | Sequence[str], tokenizer: Any = None, norma
 
 def _default_mesh():
     """Every device on the `fsdp` axis, the default rules table."""
-    from configs import base
-
-    cfg = base.get_config()
-    return mesh_and_rules(cfg)
+    return mesh_and_rules(base.get_config())
 
 
 def _phase_config(export: str | Path) -> ConfigDict | None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from configs import base
+
 log = logging.getLogger("pjax")
 
 CONFIG_FILE = "config.json"
@@ -42,8 +44,6 @@ def load_run_config(path: str | os.PathLike) -> ConfigDict:
     lists become tuples where the field is a tuple, and keys this version added since keep their
     defaults (logged). Any other JSON config (e.g. a pipeline's `pipeline_config.json`) is read as
     saved, every list a tuple."""
-    from configs import base
-
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / CONFIG_FILE

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
 
+from configs.base import SHARDING_PRESETS
 from pjax import checkpoint, logs, sharding
 from pjax.models import ModelDef, build
 from pjax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer
@@ -39,9 +42,7 @@ log = logging.getLogger("pjax")
 
 def param_shardings(model_def: ModelDef, mesh_shape: Sequence[int], preset: str) -> Any:
     """NamedShardings of `model_def`'s params on a mesh of `mesh_shape` over every device, by the
-    parallelism preset's rules (`configs.base.SHARDING_PRESETS`), as `pjax.train.make_setup`."""
-    from configs.base import SHARDING_PRESETS
-
+    parallelism preset's rules (`configs.base.SHARDING_PRESETS`), as `pjax.core.setup.make_setup`."""
     if preset not in SHARDING_PRESETS:
         raise ValueError(f"--sharding={preset!r}: expected one of {sorted(SHARDING_PRESETS)}")
     mesh = sharding.make_mesh(mesh_shape)
@@ -95,14 +96,10 @@ def save_tokenizer(tokenizer: str | Path, out: Path) -> None:
     """Write the tokenizer at `tokenizer` (anything `pjax.data.tokenizer.load_tokenizer` reads) beside a
     Hugging Face model directory: a `tokenizer.json` vocabulary (from a GGUF file too) with its
     config, or a SentencePiece `tokenizer.model`."""
-    import shutil
-
     tok = load_tokenizer(tokenizer)
     if isinstance(tok, HFTokenizer):
         tok.save_pretrained(out)
     elif isinstance(tok, SentencePieceTokenizer) and Path(tok.model_path).suffix == ".model":
-        import json
-
         shutil.copyfile(tok.model_path, out / "tokenizer.model")
         piece = tok._sp.id_to_piece
         config = {"tokenizer_class": "LlamaTokenizer", "bos_token": piece(tok.bos_id), "eos_token": piece(tok.eos_id),

@@ -23,6 +23,7 @@ import signal
 import threading
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 log = logging.getLogger("pjax")
@@ -46,7 +47,7 @@ def cluster_environment() -> str | None:
 def initialize(config: ConfigDict) -> None:
     """Connect this process to the others (see the module docstring); idempotent.
 
-    Must run before anything touches JAX's backend (devices, arrays, jit), as `pjax.train.main` does.
+    Must run before anything touches JAX's backend (devices, arrays, jit), as `pjax.train.main` (the CLI) does.
     """
     d = config.distributed
     if d.cpu_devices:
@@ -132,7 +133,6 @@ def broadcast_string(text: str) -> str:
     """Process 0's `text` on every process (as is with one process)."""
     if jax.process_count() == 1:
         return text
-    import numpy as np
     from jax.experimental import multihost_utils
 
     data = np.zeros(256, np.uint8)

@@ -205,7 +205,7 @@ def phase_config(workdir: str | Path) -> ConfigDict:
     return ConfigDict(json.loads(path.read_text()))
 
 
-class _Loaded:
+class Exports:
     """Exports loaded once per evaluation, on one mesh."""
 
     def __init__(self, mesh, rules):
@@ -217,7 +217,7 @@ class _Loaded:
         return self._cache[export]
 
 
-def _reward_model(config: ConfigDict, loaded: _Loaded):
+def _reward_model(config: ConfigDict, loaded: Exports):
     if not config.reward.models:
         return None
     members = []
@@ -242,7 +242,7 @@ def _scores(samples: dict, texts: list[str], heldout: Heldout, rm) -> dict[str, 
     return out
 
 
-def evaluate_reward_model(config: ConfigDict, export: str, heldout: Heldout, loaded: _Loaded) -> dict[str, Any]:
+def evaluate_reward_model(config: ConfigDict, export: str, heldout: Heldout, loaded: Exports) -> dict[str, Any]:
     """Accuracy on held-out pairs of each head and of the aggregated ensemble; gold agreement."""
     if heldout.pairs is None:
         return {}
@@ -272,7 +272,7 @@ def evaluate_reward_model(config: ConfigDict, export: str, heldout: Heldout, loa
     return out
 
 
-def evaluate_policy(config: ConfigDict, export: str, reference: str | None, heldout: Heldout, loaded: _Loaded,
+def evaluate_policy(config: ConfigDict, export: str, reference: str | None, heldout: Heldout, loaded: Exports,
                     options: Options) -> dict[str, Any]:
     """Samples of the policy (and of its reference) for the held-out prompts, scored; win rates, KL."""
     model_def, params, _ = loaded(export)
@@ -306,7 +306,7 @@ def evaluate_policy(config: ConfigDict, export: str, reference: str | None, held
     return out
 
 
-def best_of_n(config: ConfigDict, export: str, heldout: Heldout, loaded: _Loaded, options: Options,
+def best_of_n(config: ConfigDict, export: str, heldout: Heldout, loaded: Exports, options: Options,
               plot_path: Path) -> dict[str, Any]:
     """Best-of-N of a policy's samples through the reward model, N in `options.best_of_n`: per N the
     expected reward of the best of N (unbiased, from max(N) samples per prompt) under the reward model
@@ -364,7 +364,7 @@ def evaluate_phase(root: str | Path, name: str, options: Options = Options(), *,
     mesh = sharding.make_mesh(config.mesh.shape)
     rules = sharding.config_rules(config.sharding)
     with jax.set_mesh(mesh), sharding.use_rules(rules):
-        loaded = _Loaded(mesh, rules)
+        loaded = Exports(mesh, rules)
         heldout = load_heldout(config, options.num_prompts)
         if config.phase == "rm":
             result = evaluate_reward_model(config, export, heldout, loaded)
@@ -408,7 +408,7 @@ def evaluate_run(root: str | Path, options: Options = Options(), *, use_cache: b
             rules = sharding.config_rules(config.sharding)
             with jax.set_mesh(mesh), sharding.use_rules(rules):
                 heldout = load_heldout(config, max(options.num_prompts, options.best_of_n_prompts))
-                run["best_of_n"] = {**best_of_n(config, base, heldout, _Loaded(mesh, rules), options,
+                run["best_of_n"] = {**best_of_n(config, base, heldout, Exports(mesh, rules), options,
                                                 out_dir / "best_of_n.png"), "depends": depends}
             if distributed.is_leader():
                 cached.write_text(json.dumps(run["best_of_n"], indent=2))

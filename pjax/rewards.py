@@ -1,7 +1,7 @@
 """Rewards from trained reward models: one export or an ensemble, standardised and aggregated.
 
 Each export of an `rm` phase records the mean and std of every reward head over its training data's
-completions (`reward_stats`, see `pjax.train.reward_statistics`). A `RewardModel` scores token
+completions (`reward_stats`, see `pjax.phases.offline.reward_statistics`). A `RewardModel` scores token
 sequences (prompt + completion, padded on either side: the head reads the last real token) with
 every head of every export, standardises each head with its recorded statistics
 (`reward.normalize`), and aggregates the heads into one reward with `reward.aggregate`: the mean, the

@@ -12,6 +12,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,6 @@ def pjax_version() -> str:
     except importlib.metadata.PackageNotFoundError:
         pass
     try:
-        import tomllib
-
         return tomllib.loads((_ROOT / "pyproject.toml").read_text())["project"]["version"]
     except (OSError, KeyError, ValueError):
         return "unknown"

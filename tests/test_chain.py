@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from configs import pipeline_tiny
+import pjax
 from pjax import chain, checkpoint, models, sharding
+from pjax.core import setup as core_setup
 from tests import procs
 from tests.test_eval import _naive_seq_logps
 
@@ -105,17 +107,15 @@ def test_pipeline_resumes_after_a_kill_and_is_evaluated(tmp_path, caplog):
 
 def check_evaluation(root: Path, config) -> None:
     """The run's figures (eval/eval.json) against direct computations on the exported models."""
-    from pjax import train
-    from pjax.data import batching
+    from pjax.data import batching, load
 
     run = json.loads((root / "eval" / "eval.json").read_text())
     rm_eval, dpo_eval = run["phases"]["rm"], run["phases"]["dpo"]
-    mesh = sharding.make_mesh((1, -1, 1))
-    rules = sharding.config_rules(config.dpo.sharding)
+    mesh, rules = core_setup.mesh_and_rules(config.dpo)
     rm_def, rm_params, rm_meta = checkpoint.load_export(root / "rm" / "export", mesh, rules)
     pol_def, policy, _ = checkpoint.load_export(root / "dpo" / "export", mesh, rules)
     _, reference, _ = checkpoint.load_export(root / "sft" / "export", mesh, rules)
-    task = train.load_data(config.dpo).task
+    task = load.load_data(config.dpo).task
     pairs = batching.encode_pairs(task.tokenizer, task.heldout_pairs, config.dpo.data.max_len)
 
     # reward-model accuracy on the held-out pairs, from the scalar head directly
@@ -184,20 +184,19 @@ def evaluation_cli(root: Path) -> dict:
 def check_sampled_data(root: Path, config, tmp_path: Path) -> None:
     """`python -m pjax.sample_data`: best-vs-worst pairs of the SFT policy's samples under the reward
     model, read back as TRL preference rows; re-tokenised, the reward model prefers the chosen."""
-    from pjax import sample_data, train
+    from pjax import sample_data
     from pjax import eval as evaluation
-    from pjax.data import sources
+    from pjax.data import load, sources
 
     out = tmp_path / "bon_pairs.jsonl"
     stats = sample_data.main([f"--run={root}", f"--out={out}", "--n=4", "--num_prompts=6", "--mode=pairs"])
     records, report = sources.load_records(str(out), "PAIR")
     assert report.total == 0 and len(records) == stats["rows"] == 6 - stats["skipped_equal_reward"] \
         - stats["skipped_identical_text"] > 0
-    task = train.load_data(config.sft).task
+    task = load.load_data(config.sft).task
     assert {r["prompt"] for r in records} <= {p for p, *_ in task.pairs}
     # the same samples again (seeded), scored by the RM's head directly and standardised by hand
-    mesh, rules = sharding.make_mesh((1, -1, 1)), sharding.config_rules(config.sft.sharding)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    with pjax.on_mesh(config.sft) as (mesh, rules):
         pol_def, policy, _ = checkpoint.load_export(root / "sft" / "export", mesh, rules)
         rm_def, rm_params, meta = checkpoint.load_export(root / "rm" / "export", mesh, rules)
         tok, prompts, texts = sample_data.prompts_of(config.sft, "train", 6)

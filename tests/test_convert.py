@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from pjax import checkpoint, convert, sharding, train
+import pjax
+from pjax import checkpoint, convert
+from pjax.models.config import model_config
 from pjax.models import build, hf
 from pjax.models import safetensors as st
 from pjax.models.llama import LlamaConfig
@@ -64,10 +66,10 @@ def test_hf_to_pjax_and_back(source, tmp_path, capsys):
     config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
     fv(argv)
     config = fv.config
-    assert train.model_config(config) == CFG
-    checkpoint.check_model_matches(config.init_from, dataclasses.asdict(train.model_config(config)))
-    setup = train.make_setup(config, sharding.make_mesh(config.mesh.shape))
-    restored = checkpoint.load_params(config.init_from, setup.abstract_state["params"])
+    assert model_config(config) == CFG
+    checkpoint.check_model_matches(config.init_from, dataclasses.asdict(model_config(config)))
+    with pjax.Run(config) as run:
+        restored = checkpoint.load_params(config.init_from, run.setup.abstract_state["params"])
     assert_same(restored, params)
 
     back = tmp_path / "back"

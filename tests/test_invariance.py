@@ -26,8 +26,10 @@ import numpy as np
 import pytest
 
 from configs import base, dpo_tiny, rm_tiny, sft_tiny
-from pjax import sharding, train
-from pjax.data import loader
+import pjax
+from pjax import sharding
+from pjax.core.setup import validate_for_mesh
+from pjax.data import load, loader
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {"sft": sft_tiny, "rm": rm_tiny, "dpo": dpo_tiny}
@@ -50,16 +52,14 @@ def _config(phase: str, cache_dir: str, **train_overrides):
 def loss_and_grads(config, mesh_shape=(1, 1, 1)) -> tuple[float, dict[str, np.ndarray]]:
     """The loss and the gradients of the first batch, from freshly initialised params (and, for DPO,
     a reference initialised from another seed)."""
-    mesh = sharding.make_mesh(mesh_shape)
-    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
-        setup = train.make_setup(config, mesh)
-        train.validate_for_mesh(config, mesh)
-        arrays = train.load_data(config).arrays
-        state = setup.init_state(config.seed)
-        ref = setup.init_state(config.seed + 1)["params"] if phase_needs_reference(config) else None
+    config.mesh.shape = tuple(mesh_shape)
+    with pjax.Run(config) as run:
+        setup = run.setup
+        arrays = run.data().arrays
+        state = run.init()
+        ref = run.init(config.seed + 1)["params"] if phase_needs_reference(config) else None
         batch = setup.device_batch(loader.global_batch(arrays, 0, config.train.batch_size, config.seed))
-        step = train.TrainStep(setup)
-        fn = jax.jit(lambda p, r, b, s: step.gradients(p, r, b, s))
+        fn = jax.jit(lambda p, r, b, s: run.train_step.gradients(p, r, b, s))
         with sharding.use_rules(setup.rules):
             (loss, _), grads = fn(state["params"], ref, batch, state["loss_state"])
         flat = jax.tree_util.tree_flatten_with_path(jax.device_get(grads))[0]
@@ -83,7 +83,7 @@ def _assert_same(a, b, rtol, atol=0.0, what=""):
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("cache"))
-    train.load_data(_config("sft", path))  # builds the tokenizer before the 8-device job reads it
+    load.load_data(_config("sft", path))  # builds the tokenizer before the 8-device job reads it
     return path
 
 
@@ -122,7 +122,7 @@ def test_gradient_accumulation_equals_one_big_batch(phase, cache_dir, plain):
     would not pass: they are weighted by their tokens."""
     config = _config(phase, cache_dir)
     if phase == "sft":
-        arrays = train.load_data(config).arrays
+        arrays = load.load_data(config).arrays
         tokens = loader.global_batch(arrays, 0, 8, config.seed)["completion_mask"][:, 1:].sum(axis=1)
         assert len({tokens[j::4].sum() for j in range(4)}) > 1  # k=4: micro-batches of unequal tokens
     whole = plain(phase)
@@ -186,11 +186,11 @@ def test_presets_shard_what_they_say(cache_dir):
     config.sharding.preset = "sequence"
     config.data.max_len = 47
     with pytest.raises(ValueError, match="data.max_len=47 is not divisible by the sequence-parallel size 2"):
-        train.validate_for_mesh(config, jax.sharding.AbstractMesh((1, 1, 2), sharding.MESH_AXES))
+        validate_for_mesh(config, jax.sharding.AbstractMesh((1, 1, 2), sharding.MESH_AXES), 8, "train.batch_size")
     config.sharding.preset = "pipeline"
     with pytest.raises(ValueError, match="sharding.preset='pipeline'"):
-        train.validate(config)
+        pjax.validate(config)
     config.sharding.preset = "fsdp"
     config.sharding.rules = (("act_sequence", "tensor"),)
     with pytest.raises(ValueError, match="sharding.rules: unknown logical axes \\['act_sequence'\\]"):
-        train.validate(config)
+        pjax.validate(config)

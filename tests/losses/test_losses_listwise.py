@@ -140,7 +140,6 @@ def test_lipo_with_two_responses_is_weighted_dpo():
     h = rho[np.arange(5), w_idx] - rho[np.arange(5), 1 - w_idx]
     c = np.abs(2.0 ** psi[:, 0] - 2.0 ** psi[:, 1]) * (1.0 - 1.0 / np.log2(3.0))
     np.testing.assert_allclose(value, np.mean(c * -_np_log_sigmoid(beta * h)), rtol=1e-12)
-    assert c[0] == pytest.approx(0.36907024642854247)
     np.testing.assert_allclose(grad[3], 0.0)  # tied labels: no signal
 
 

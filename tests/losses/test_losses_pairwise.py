@@ -369,7 +369,6 @@ def test_registry_entries():
         assert obj.needs_reference
         assert obj.data_shape == ("STEP [B,2,T]" if name == "step_dpo" else "PAIR [B,2,T]")
         assert "(" in obj.paper and "20" in obj.paper
-        assert obj.fn.__doc__ and len(obj.fn.__doc__) > 80, name
 
 
 def test_all_objectives_trace_under_jit_in_float32():

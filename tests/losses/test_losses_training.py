@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from configs import dpo_tiny
-from pjax import losses, sharding, train
+import pjax
+from pjax import losses
 from pjax.data import loader
 
 OBJECTIVES = sorted(name for name in losses.REGISTRY if name != "sft")
@@ -36,17 +37,14 @@ def _config(name, tmp_path):
 @pytest.mark.parametrize("name", OBJECTIVES)
 def test_a_few_steps_lower_the_loss(name, tmp_path):
     config = _config(name, tmp_path)
-    train.validate(config)
-    mesh = sharding.make_mesh((1, 1, 1))
-    with jax.set_mesh(mesh), sharding.use_rules(sharding.config_rules(config.sharding)):
-        setup = train.make_setup(config, mesh)
-        arrays = train.load_data(config).arrays
-        state = setup.init_state(0)
+    config.mesh.shape = (1, 1, 1)
+    with pjax.Run(config) as run:
+        arrays = run.data().arrays
+        state = run.init(0)
         ref = jax.tree.map(lambda x: x.copy(), state["params"]) if losses.needs_reference(config.loss) else None
-        step = train.TrainStep(setup)
         history = []
         for i in range(6):
-            state, metrics = step(state, ref, setup.device_batch(loader.global_batch(arrays, i, 16, 0)))
+            state, metrics = run.step(state, run.setup.device_batch(loader.global_batch(arrays, i, 16, 0)), ref)
             history.append(float(metrics["loss"]))
     assert np.isfinite(history).all(), history
     assert history[-1] < history[0] - 1e-3, history

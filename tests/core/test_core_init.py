@@ -1,0 +1,92 @@
+"""Where a phase's train state comes from (`pjax.core.init`): the parent export must match the model and
+be there, a resumed phase keeps the parent it started from, and a reward model takes an SFT export's
+backbone under a fresh head (a partial restore)."""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import pjax
+from pjax import checkpoint
+from pjax.core import init
+
+
+@pytest.fixture(scope="module")
+def sft_export(tmp_path_factory) -> Path:
+    """The export of one tiny SFT phase (the `tiny_configs` SFT run), shared read-only by the tests
+    that only start from it."""
+    from configs import sft_tiny
+    from tests.conftest import tiny
+
+    tmp = tmp_path_factory.mktemp("sft_export")
+    return Path(pjax.train(tiny(sft_tiny.get_config(), tmp / "sft", tmp / "cache"))["export"])
+
+
+def test_init_from_must_match_the_model(tiny_configs, sft_export):
+    _, dpo = tiny_configs
+    dpo.init_from = str(sft_export)
+    dpo.model.d_ff = 256
+    with pytest.raises(ValueError, match="model.d_ff: export 352 vs config 256"):
+        pjax.train(dpo)
+
+
+def test_missing_parent_export_is_named(tiny_configs):
+    _, dpo = tiny_configs
+    with pytest.raises(FileNotFoundError, match="init_from=.*sft/export"):
+        pjax.train(dpo)
+
+
+def test_resume_refuses_a_changed_parent_export(tiny_configs):
+    sft, dpo = tiny_configs
+    pjax.train(sft)
+    dpo.train.steps = 2
+    assert pjax.train(dpo)["source"] == f"export:{dpo.init_from}"
+    first_id = json.loads((Path(sft.workdir) / "export" / "pjax.json").read_text())["export_id"]
+    assert pjax.train(sft)["source"] == f"checkpoint:{sft.train.steps}"  # a rerun of a finished phase keeps its export
+    assert json.loads((Path(sft.workdir) / "export" / "pjax.json").read_text())["export_id"] == first_id
+    sft.train.steps = 6
+    pjax.train(sft)  # training further writes a new export at the same path
+    dpo.train.steps = 4
+    with pytest.raises(ValueError, match="differs from the parent export this run started from"):
+        pjax.train(dpo)
+    dpo.init_from = ""
+    with pytest.raises(ValueError, match="init_from=''"):
+        pjax.train(dpo)
+
+
+def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_configs, sft_export, tmp_path):
+    """Partial restore: an RM phase from an SFT export takes its embeddings, layers and final norm and
+    a freshly initialised scalar head, then trains from exactly that state."""
+    from configs import rm_tiny
+    from tests.conftest import tiny
+
+    sft, _ = tiny_configs  # the config of `sft_export`
+    rm = tiny(rm_tiny.get_config(), tmp_path / "rm", sft.data.cache_dir)
+    rm.init_from = str(sft_export)
+    rm.model.reward_heads = 2  # an ensemble of two fresh heads on the SFT backbone
+    with pjax.Run(sft) as sft_run:
+        exported = checkpoint.load_params(rm.init_from, sft_run.setup.abstract_state["params"])
+    with pjax.Run(rm) as run:
+        assert init.new_heads(rm.init_from, run.model_def.cfg)
+        params = init.backbone_with_fresh_head(run.setup, rm.init_from)
+        assert set(params) == {"embed", "layers", "final_norm", "score"} and "score" not in exported
+        for key in ("embed", "layers", "final_norm"):
+            jax.tree.map(np.testing.assert_array_equal, params[key], exported[key])
+        assert params["score"].shape == (rm.model.d_model, 2) and float(np.abs(np.asarray(params["score"])).sum()) > 0
+        # the first step's loss (computed before its update) from this state, and from a fresh one
+        batch = next(run.batches(run.data()))
+        from_parent = float(run.step(run.setup.state_around(params), batch)[1]["loss"])
+        from_fresh = float(run.step(run.init(), batch)[1]["loss"])
+    out = pjax.train(rm)
+    assert out["source"] == f"export:{rm.init_from}"
+    # the phase started from the partial restore: its first loss is that state's, not a fresh model's
+    assert out["history"][0]["loss"] == pytest.approx(from_parent, rel=1e-6, abs=1e-7)
+    assert abs(from_fresh - from_parent) > 1e-3
+    assert all(np.isfinite(r["loss"]) for r in out["history"])
+    assert set(out["params"]) == {"embed", "layers", "final_norm", "score"}
+    rm.init_from, rm.workdir = str(sft_export.parent), str(tmp_path / "rm2")  # not an export: named
+    with pytest.raises(FileNotFoundError, match="no finished export"):
+        pjax.train(rm)
