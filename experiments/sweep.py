@@ -133,14 +133,12 @@ def expand(grid: Sequence[tuple[str, Sequence[str]]], seeds: int, base_seed: int
 
 def set_value(cfg: ConfigDict, key: str, text: str) -> None:
     """Set `cfg.<key>` from its text, parsed as the type the key already has (naming the key if unknown)."""
-    *path, field = key.split(".")
-    node = cfg
-    for part in path:
-        if part not in node or not isinstance(node[part], ConfigDict):
-            raise ValueError(f"--grid {key}: unknown config key (no section {part!r})")
-        node = node[part]
-    if field not in node:
-        raise ValueError(f"--grid {key}: unknown config key")
+    from pjax import config_io
+
+    try:
+        node, field = config_io.find_key(cfg, key)
+    except KeyError as e:
+        raise ValueError(f"--grid {key}: unknown config key ({e.args[0]})") from None
     current = node[field]
     try:
         if isinstance(current, bool):

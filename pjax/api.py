@@ -8,6 +8,7 @@ which is built on this module) passes them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -19,6 +20,7 @@ from ml_collections import ConfigDict
 from configs import base
 from pjax import checkpoint, config_io, models, phases, sharding
 from pjax import eval as evaluation
+from pjax.core import init as core_init
 from pjax.core import loop
 from pjax.core.setup import State, make_setup, mesh_and_rules, validate_for_mesh
 from pjax.data import batching, load, loader, tasks
@@ -59,14 +61,7 @@ def _load(spec: str) -> ConfigDict:
 
 
 def _override(cfg: ConfigDict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = cfg
-    for i, part in enumerate(parents):
-        if part not in node or not isinstance(node[part], ConfigDict):
-            raise KeyError(f"config key {'.'.join(parents[:i + 1])!r} does not exist (in override {dotted!r})")
-        node = node[part]
-    if leaf not in node:
-        raise KeyError(f"config key {dotted!r} does not exist")
+    node, leaf = config_io.find_key(cfg, dotted)
     current = node[leaf]
     node[leaf] = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
 
@@ -139,13 +134,26 @@ class Run:
         return restored[1]
 
     def from_export(self, export: str) -> State:
-        """A fresh train state around an export's params (e.g. the parent phase's)."""
+        """A fresh train state around an export's params (e.g. the parent phase's), checked against the model as
+        the CLI checks its parent; where this model has heads the export lacks (a reward model from an SFT
+        export), the export's backbone under fresh heads, as the CLI starts such a phase
+        (`pjax.core.init.backbone_with_fresh_head`)."""
+        cfg = self.model_def.cfg
+        new_heads = core_init.new_heads(export, cfg)
+        ignore = core_init.HEAD_FIELDS if new_heads else ()
+        checkpoint.check_model_matches(export, dataclasses.asdict(cfg), ignore=ignore)
+        if new_heads:
+            value_from = self.config.online.value_from if self.config.phase == "online" else ""
+            return self.setup.state_around(core_init.backbone_with_fresh_head(self.setup, export, value_from))
         return self.setup.state_around(checkpoint.load_params(export, self.setup.abstract_state["params"]))
 
     def reference(self) -> Any:
-        """The frozen reference's params: the parent export (`init_from`), else the fresh initial params."""
+        """The frozen reference's params, as the CLI's (`pjax.core.init.reference_params`): the parent export
+        (`init_from`), else the imported checkpoint (`import_from`), else the fresh initial params."""
         if self.config.init_from:
             return checkpoint.load_params(self.config.init_from, self.setup.abstract_state["params"])
+        if self.config.import_from:
+            return core_init.import_params(self.setup, self.config.import_from)
         return self.setup.init_params(self.config.seed)
 
     def data(self) -> load.Data:

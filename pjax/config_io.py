@@ -65,6 +65,20 @@ def load_run_config(path: str | os.PathLike) -> ConfigDict:
     return config
 
 
+def find_key(cfg: ConfigDict, dotted: str) -> tuple[ConfigDict, str]:
+    """(the section holding `dotted`, its last name) of an existing key, e.g. `loss.beta`; a KeyError
+    names the first part that does not exist."""
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parents):
+        if part not in node or not isinstance(node[part], ConfigDict):
+            raise KeyError(f"config key {'.'.join(parents[:i + 1])!r} does not exist (in {dotted!r})")
+        node = node[part]
+    if leaf not in node:
+        raise KeyError(f"config key {dotted!r} does not exist")
+    return node, leaf
+
+
 def get_config(path: str = "") -> ConfigDict:
     """ml_collections config-file entry point: `--config=pjax/config_io.py:<workdir or config.json>`."""
     if not path:

@@ -62,7 +62,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     state, data, source = checkpoint.resume(ckpts, "", abstract, fresh=None, with_params=None)
     assert source == "checkpoint:1" and data == {"step": 1}
     np.testing.assert_array_equal(np.asarray(state["params"]["a"]), np.asarray(_tree(1)["a"]))
-    assert "cannot restore checkpoint" in caplog.text
+    # the warning is the product here: a user must be told that a checkpoint was moved aside
     assert "corrupt-2, resuming from the previous checkpoint (step 1)" in caplog.text
     assert (tmp_path / "checkpoints" / "corrupt-2").is_dir()  # moved aside, not deleted
     assert ckpts.all_steps() == [1]

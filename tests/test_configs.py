@@ -7,7 +7,9 @@ import jax
 import pytest
 from jax.sharding import AbstractMesh, AxisType
 
-from pjax import sharding, train
+import pjax
+from pjax import phases, sharding
+from pjax.core.setup import make_setup, validate_for_mesh
 
 CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py")
                  if p.stem not in ("__init__", "base"))
@@ -20,10 +22,10 @@ def test_config_validates(name):
 
     config = importlib.import_module(f"configs.{name}").get_config()
     if "phases" not in config:
-        return train.validate(config)
+        return pjax.validate(config)
     chain.validate(config)
     for phase in config.phases:
-        train.validate(chain.phase_config(config, phase, Path("/tmp/run")))
+        pjax.validate(chain.phase_config(config, phase, Path("/tmp/run")))
 
 
 def test_dpo_llama_train_state_builds_abstractly_on_8_devices():
@@ -32,8 +34,9 @@ def test_dpo_llama_train_state_builds_abstractly_on_8_devices():
 
     config = dpo_llama.get_config()
     mesh = AbstractMesh((1, 8, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-    train.validate_for_mesh(config, mesh)
-    setup = train.make_setup(config, mesh)
+    spec = phases.spec(config)
+    validate_for_mesh(config, mesh, *spec.step_rows(config))
+    setup = make_setup(config, mesh, spec.optimizer_steps(config))
     init = jax.jit(lambda rng: setup.state_from_params(setup.model_def.init(rng)),
                    out_shardings=setup.state_shardings)
     with jax.sharding.use_abstract_mesh(mesh):

@@ -4,9 +4,11 @@ Runs are subprocesses (`python -m pjax.train`). They use a constant learning rat
 at any step and be continued with another `train.steps`: the losses of steps 1..24 of every variant
 must equal those of one uninterrupted 24-step run, bit for bit (CPU). The uninterrupted runs go in
 the background while a test's interrupted run trains beside them (the runs are single-threaded).
-TensorBoard is off here (its resume: tests/test_metrics.py); the metrics are read from metrics.jsonl.
+TensorBoard is off here (its resume: tests/test_metrics.py); the metrics are read from metrics.jsonl,
+where a run resumed from (`checkpoint:<step>`, `export:<dir>`, `fresh`) from its export's metadata.
 """
 
+import json
 import os
 import random
 import signal
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pjax import checkpoint
 from tests.procs import finish, losses, run, spawn, task_cache, tiny_flags, train_command, wait_for_step
 
 STEPS = 24
@@ -24,6 +27,17 @@ STEPS = 24
 def cache(tmp_path_factory):
     """One synthetic-task cache (tokenizer) for every run of this module."""
     return task_cache(tmp_path_factory.mktemp("cache"))
+
+
+def _resumed_from(workdir: Path) -> str:
+    """The source the run that wrote `workdir`'s export started from (`pjax.core.init.Start.source`)."""
+    return checkpoint.export_metadata(workdir / "export")["resumed_from"]
+
+
+def _cli_summary(log: Path) -> dict:
+    """What `python -m pjax.train` printed at its end: the export, whether it was preempted, the last row."""
+    text = log.read_text()
+    return json.JSONDecoder().raw_decode(text, text.rindex('{\n  "export"'))[0]
 
 
 def _flags(root, name, steps, cache, **kw):
@@ -87,12 +101,11 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(tmp_path, cache, refe
     killed_at = max(losses(workdir))
     finished = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     run(train_command(config, _flags(tmp_path, "killed", STEPS, cache, **extra)), tmp_path / "resumed.log")
-    log = (tmp_path / "resumed.log").read_text()
     # an async save cut off by the kill never became a checkpoint: the run resumes from the one before
-    expected_source = (f"resume: own checkpoint {workdir / 'checkpoints'} (step {finished[-1]})" if finished else
-                       "resume: no own checkpoint and no parent export" if phase == "sft" else
-                       "resume: no own checkpoint; initialising from parent export")
-    assert expected_source in log, (seed, killed_at, finished, log[-3000:])
+    expected_source = (f"checkpoint:{finished[-1]}" if finished else "fresh" if phase == "sft" else
+                       f"export:{extra['init_from']}")
+    assert _resumed_from(workdir) == expected_source, (seed, killed_at, finished,
+                                                       (tmp_path / "resumed.log").read_text()[-3000:])
     got, expected = losses(workdir), references.losses(phase)
     assert got == expected, (f"seed {seed}: killed after step {killed_at}; first differing step "
                              f"{next(s for s in expected if got.get(s) != expected[s])}")
@@ -106,15 +119,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache, reference
     wait_for_step(proc, workdir, 5)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
-    log = (tmp_path / "preempted.log").read_text()
-    assert "SIGTERM: saving a checkpoint" in log and "preempted (SIGTERM) at step" in log, log[-3000:]
     stopped = max(losses(workdir))
+    summary = _cli_summary(tmp_path / "preempted.log")
+    assert summary["preempted"] is True and summary["export"] is None and summary["final"]["step"] == stopped
+    log = (tmp_path / "preempted.log").read_text()
+    # these warnings are the product: whoever reads the log must see that the run was preempted, saved
+    # and is to be run again (the exit status is 0)
+    assert "SIGTERM: saving a checkpoint" in log and "preempted (SIGTERM) at step" in log, log[-3000:]
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [stopped]  # no periodic save was due: this is the preemption save
     assert not (workdir / "export").exists()  # an unfinished phase hands nothing on
     if stopped >= STEPS:
         pytest.skip(f"SIGTERM arrived only after step {stopped}")
     run(train_command("sft_tiny.py", _flags(tmp_path, "preempted", STEPS, cache)), tmp_path / "resumed.log")
-    assert f"resume: own checkpoint {workdir / 'checkpoints'} (step {stopped})" in (tmp_path / "resumed.log").read_text()
+    assert _resumed_from(workdir) == f"checkpoint:{stopped}"
     assert losses(workdir) == references.losses("sft")
-    assert (workdir / "export" / "pjax.json").exists()
+    summary = _cli_summary(tmp_path / "resumed.log")
+    assert summary["preempted"] is False and summary["export"] == str(workdir / "export")
+    assert summary["final"]["step"] == STEPS

@@ -16,6 +16,7 @@ from typing import Iterable
 import jax
 import jax.numpy as jnp
 
+from pjax.losses.defaults import option
 from pjax.losses.pairwise import pair_metrics
 from pjax.losses.registry import LossInputs, register
 
@@ -112,7 +113,7 @@ def simpo_loss(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
 
     The paper writes the same thing as -log σ(β/|y_w| ℓ(y_w) - β/|y_l| ℓ(y_l) - γ) with γ the target
     reward margin; TRL writes it as -log σ(β (ℓ̄_c - ℓ̄_r - γ/β)); all three are identical.
-    `label_smoothing` ε (read with `cfg.get`, default 0) gives TRL's smoothed form
+    `label_smoothing` ε (default in `pjax.losses.defaults`) gives TRL's smoothed form
     -(1-ε) log σ(z) - ε log σ(-z), as TRL's CPOTrainer applies it to `simpo` too.
 
     No NLL term (cpo_alpha = 0). CPO-SimPO (TRL `simpo` with cpo_alpha > 0) is
@@ -125,7 +126,7 @@ def simpo_loss(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     check_pair(inputs, "simpo")
     _, avg, _ = seq_logps(inputs.policy_logps, inputs.mask)
     z = cfg.beta * (avg[:, 0] - avg[:, 1]) - cfg.simpo_gamma
-    loss = smoothed_logistic(z, cfg.get("label_smoothing", 0.0)).mean()
+    loss = smoothed_logistic(z, option(cfg, "label_smoothing")).mean()
     return loss, pair_metrics(cfg.beta, avg, avg)
 
 
@@ -138,7 +139,7 @@ def cpo_loss(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
 
     with ℓ = SUMMED policy log-probs (TRL averages only for `ipo` / `simpo`) and NLL_c the token-mean
     NLL over all chosen completion tokens of the batch (TRL's CrossEntropyLoss on the chosen half).
-    `label_smoothing` ε (read with `cfg.get`, default 0) gives TRL's conservative form.
+    `label_smoothing` ε (default in `pjax.losses.defaults`) gives TRL's conservative form.
 
     Metrics (TRL's CPO): rewards = β ℓ (summed log-probs, no reference), `logps/*` summed;
     `nll` is TRL's `nll_loss`. Difference from TRL: TRL skips (and logs 0 for) the NLL when
@@ -147,7 +148,7 @@ def cpo_loss(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     check_pair(inputs, "cpo")
     total, _, _ = seq_logps(inputs.policy_logps, inputs.mask)
     z = cfg.beta * (total[:, 0] - total[:, 1])
-    pref = smoothed_logistic(z, cfg.get("label_smoothing", 0.0)).mean()
+    pref = smoothed_logistic(z, option(cfg, "label_smoothing")).mean()
     nll = chosen_nll(inputs)
     loss = pref + cfg.cpo_alpha * nll
     metrics = pair_metrics(cfg.beta, total, total)

@@ -76,9 +76,11 @@ def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_config
         for key in ("embed", "layers", "final_norm"):
             jax.tree.map(np.testing.assert_array_equal, params[key], exported[key])
         assert params["score"].shape == (rm.model.d_model, 2) and float(np.abs(np.asarray(params["score"])).sum()) > 0
+        state = run.from_export(rm.init_from)  # the API's start from the parent: the same partial restore
+        jax.tree.map(np.testing.assert_array_equal, state["params"], params)
         # the first step's loss (computed before its update) from this state, and from a fresh one
         batch = next(run.batches(run.data()))
-        from_parent = float(run.step(run.setup.state_around(params), batch)[1]["loss"])
+        from_parent = float(run.step(state, batch)[1]["loss"])
         from_fresh = float(run.step(run.init(), batch)[1]["loss"])
     out = pjax.train(rm)
     assert out["source"] == f"export:{rm.init_from}"
@@ -90,3 +92,28 @@ def test_reward_model_starts_from_the_sft_backbone_with_a_fresh_head(tiny_config
     rm.init_from, rm.workdir = str(sft_export.parent), str(tmp_path / "rm2")  # not an export: named
     with pytest.raises(FileNotFoundError, match="no finished export"):
         pjax.train(rm)
+
+
+def test_an_imported_checkpoint_is_the_start_and_the_reference(tiny_configs, sft_export, tmp_path):
+    """`import_from` (a Hugging Face directory, here written from the SFT export) without `init_from`: the
+    phase starts from it and, in the CLI as in the API (`pjax.Run.reference`), takes it as the reference."""
+    from pjax.models import hf
+
+    sft, dpo = tiny_configs
+    with pjax.on_mesh(sft) as (mesh, rules):
+        model_def, exported, _ = checkpoint.load_export(sft_export, mesh, rules)
+        hf.save_hf(exported, model_def.cfg, tmp_path / "hf")
+    dpo.init_from, dpo.import_from, dpo.train.steps = "", str(tmp_path / "hf"), 2
+    with pjax.Run(dpo) as run:
+        reference = run.reference()
+        jax.tree.map(np.testing.assert_array_equal, reference, init.import_params(run.setup, dpo.import_from))
+        jax.tree.map(np.testing.assert_array_equal, reference, exported)
+        # from the imported params against a fresh reference, the first loss would not be ln 2: the check of
+        # the CLI's run below tells the two references apart
+        batch = next(run.batches(run.data()))
+        state = run.setup.state_around(reference)
+        fresh_reference = run.setup.init_params(dpo.seed)
+        assert abs(float(run.step(state, batch, ref_params=fresh_reference)[1]["loss"]) - np.log(2.0)) > 1e-3
+    out = pjax.train(dpo)
+    assert out["source"] == f"import:{dpo.import_from}"
+    assert out["history"][0]["loss"] == pytest.approx(np.log(2.0), abs=1e-6)  # policy == reference at step 0

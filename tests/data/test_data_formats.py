@@ -325,6 +325,7 @@ def test_report_policies(caplog):
     assert "data/train.jsonl: 9 bad row(s)" in str(e.value) and "missing_keys: 7" in str(e.value)
     with caplog.at_level(logging.WARNING, logger="pjax.data.formats"):
         assert r.check("skip") is r
+    # bad_rows='skip' reports in the log: the warning is the product
     assert any(rec.levelno == logging.WARNING and "missing_keys: 7" in rec.getMessage() for rec in caplog.records)
     clean = BadRowReport("ok.jsonl", rows_seen=3)
     assert clean.check("fail") is clean and "no bad rows in 3 rows" in clean.summary()
