@@ -183,6 +183,9 @@ def run_loop(setup: Setup, state: State, body: Body, *, ckpts: checkpoint.PhaseC
                 ckpts.save(done, state, body.position(done), force=preempted)
             if preempted:
                 break
+    except BaseException:
+        ckpts.close()  # a unit raised: a save still in flight completes (no half-written checkpoint is left)
+        raise
     finally:
         if progress is not None:
             progress.close()

@@ -93,6 +93,13 @@ class OnlineBody:
         texts = [self.prompts.texts[i] for i in rows] * (len(samples["tokens"]) // n_policy)
         completions = [self.tokenizer.decode(c[:n]) for c, n in zip(samples["completion"], samples["lengths"])]
         rewards, ended = self.scorer(texts, completions, samples)
+        bad = np.flatnonzero(~np.isfinite(rewards))
+        if len(bad):  # not left to the frame: online_dpo, xpo and raft would drop such a sample's group unseen
+            i = int(bad[0])
+            raise FloatingPointError(
+                f"online.reward={o.reward!r} gave {len(bad)} of the {len(rewards)} samples of iteration {it + 1} a "
+                f"non-finite reward (sample {i}: {rewards[i]} for completion {completions[i]!r} of prompt "
+                f"{texts[i]!r}): stopped without saving; fix the reward")
         return Rollout(samples, rewards, ref_logps, n_policy, values), rows, ended
 
     def unit(self, state: State, it: int) -> Unit:

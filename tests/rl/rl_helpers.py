@@ -50,17 +50,18 @@ def count_words(prompts, completions):
     return counts
 
 
-def nan_from_call(prompts, completions):
-    """A Python reward (`python:tests.rl.rl_helpers:nan_from_call`) that breaks: the word count, until
-    call $PJAX_TEST_NAN_FROM (0-based: one call per iteration, so iteration k + 1) and every later call,
-    where the first sample's reward is NaN. Calls are counted as lines of $PJAX_TEST_REWARD_LOG."""
+def bad_from_call(prompts, completions):
+    """A Python reward (`python:tests.rl.rl_helpers:bad_from_call`) that breaks: the word count, until call
+    $PJAX_TEST_BAD_FROM (0-based; one call per iteration, so iteration $PJAX_TEST_BAD_FROM + 1) and every
+    later call, where the first sample's reward is $PJAX_TEST_BAD_REWARD (`nan`, or a huge number). Calls
+    are counted as lines of $PJAX_TEST_REWARD_LOG."""
     log = Path(os.environ["PJAX_TEST_REWARD_LOG"])
     calls = len(log.read_text().splitlines()) if log.exists() else 0
     with open(log, "a") as f:
         f.write(f"{calls}\n")
     rewards = np.array([float(len(c.split())) for c in completions])
-    if calls >= int(os.environ["PJAX_TEST_NAN_FROM"]):
-        rewards[0] = np.nan
+    if calls >= int(os.environ["PJAX_TEST_BAD_FROM"]):
+        rewards[0] = float(os.environ["PJAX_TEST_BAD_REWARD"])
     return rewards
 
 

@@ -31,7 +31,8 @@ from pjax.rl import algorithms, config as rl_config
     ({"online.algorithm": "xpo", "loss.name": "dpo"}, "online.samples_per_prompt=4: xpo pairs one policy"),
     ({"online.algorithm": "nash_md", "online.epochs": 2}, "online.epochs=2: nash_md is REINFORCE"),
     ({"online.algorithm": "online_dpo", "loss.name": "dpo", "online.prompts_per_iteration": 4,
-      "online.samples_per_prompt": 6, "online.num_minibatches": 8}, "online.num_minibatches=8 does not divide the 4 pairs"),
+      "online.samples_per_prompt": 6, "online.num_minibatches": 8},
+     "online.num_minibatches=8 does not divide the 4 pairs"),
 ])
 def test_bad_online_configs_name_the_key(settings, match):
     cfg = grpo_tiny.get_config()
