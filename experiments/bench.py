@@ -61,7 +61,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from pjax import generate, losses, sharding
+from pjax import generate, losses
 from pjax.data.shapes import random_batch
 from pjax.models.heads import naive_token_logprobs, token_logprobs
 from pjax.models.llama import LlamaConfig

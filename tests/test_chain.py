@@ -8,14 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 from configs import pipeline_tiny
 import pjax
-from pjax import chain, checkpoint, models, sharding
-from pjax.core import setup as core_setup
+from pjax import chain, checkpoint, models
 from tests import procs
 from tests.test_eval import _naive_seq_logps
 
@@ -108,10 +106,10 @@ def check_evaluation(root: Path, config) -> None:
 
     run = json.loads((root / "eval" / "eval.json").read_text())
     rm_eval, dpo_eval = run["phases"]["rm"], run["phases"]["dpo"]
-    mesh, rules = core_setup.mesh_and_rules(config.dpo)
-    rm_def, rm_params, rm_meta = checkpoint.load_export(root / "rm" / "export", mesh, rules)
-    pol_def, policy, _ = checkpoint.load_export(root / "dpo" / "export", mesh, rules)
-    _, reference, _ = checkpoint.load_export(root / "sft" / "export", mesh, rules)
+    with pjax.on_mesh(config.dpo) as (mesh, rules):
+        rm_def, rm_params, rm_meta = checkpoint.load_export(root / "rm" / "export", mesh, rules)
+        pol_def, policy, _ = checkpoint.load_export(root / "dpo" / "export", mesh, rules)
+        _, reference, _ = checkpoint.load_export(root / "sft" / "export", mesh, rules)
     task = load.load_data(config.dpo).task
     pairs = batching.encode_pairs(task.tokenizer, task.heldout_pairs, config.dpo.data.max_len)
 
@@ -129,7 +127,7 @@ def check_evaluation(root: Path, config) -> None:
     tok = task.tokenizer
     prompts = batching.encode_prompts(tok, task.heldout_prompts[:EVAL["num_prompts"]], config.dpo.data.max_prompt_len)
     kw = dict(max_new_tokens=8, eos_id=tuple(tok.stop_ids), pad_id=tok.pad_id)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    with pjax.on_mesh(config.dpo):
         pol = evaluation.sample(pol_def, policy, prompts, seed=1234, **kw)
         ref = evaluation.sample(pol_def, reference, prompts, seed=1235, **kw)
     diff = (_naive_seq_logps(pol_def, policy, pol["tokens"], pol["mask"], pol["completion_mask"])

@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import pytest
 
+import pjax
 from configs.base import get_config
-from pjax import checkpoint, models, sharding
+from pjax import checkpoint, models
 from pjax.rewards import RewardModel
 
-RULES = sharding.config_rules(get_config().sharding)
 
 
 def _export(path, heads, seed, stats=True):
@@ -28,7 +28,6 @@ def _export(path, heads, seed, stats=True):
 
 @pytest.mark.parametrize("aggregate", ["mean", "min", "uwo"])
 def test_ensemble_of_exports_and_heads(tmp_path, aggregate):
-    mesh = sharding.make_mesh((1, -1, 1))
     a = _export(tmp_path / "a", heads=1, seed=0)
     b = _export(tmp_path / "b", heads=3, seed=1)
     rng = np.random.default_rng(0)
@@ -36,8 +35,8 @@ def test_ensemble_of_exports_and_heads(tmp_path, aggregate):
     mask = np.ones_like(tokens)
     mask[1, :3] = 0  # left padding
     mask[2, 6:] = 0  # right padding
-    with jax.set_mesh(mesh), sharding.use_rules(RULES):
-        rm = RewardModel.load([str(tmp_path / "a"), str(tmp_path / "b")], mesh, RULES, aggregate=aggregate,
+    with pjax.on_mesh(get_config()) as (mesh, rules):
+        rm = RewardModel.load([str(tmp_path / "a"), str(tmp_path / "b")], mesh, rules, aggregate=aggregate,
                               uwo_lambda=0.7, batch_size=2)  # 5 rows in batches of 2: the last one wraps
         got = rm(tokens, mask)
     columns = []
@@ -52,15 +51,14 @@ def test_ensemble_of_exports_and_heads(tmp_path, aggregate):
 
 
 def test_reward_model_errors_name_the_problem(tmp_path):
-    mesh = sharding.make_mesh((1, -1, 1))
     _export(tmp_path / "raw", heads=1, seed=0, stats=False)
-    with jax.set_mesh(mesh), sharding.use_rules(RULES):
+    with pjax.on_mesh(get_config()) as (mesh, rules):
         with pytest.raises(ValueError, match="records no reward statistics.*reward.normalize=False"):
-            RewardModel.load([str(tmp_path / "raw")], mesh, RULES)
+            RewardModel.load([str(tmp_path / "raw")], mesh, rules)
         with pytest.raises(FileNotFoundError, match=r"reward.models\[0\]=.*missing"):
-            RewardModel.load([str(tmp_path / "missing")], mesh, RULES)
+            RewardModel.load([str(tmp_path / "missing")], mesh, rules)
         with pytest.raises(ValueError, match="reward.aggregate='max'"):
-            RewardModel.load([str(tmp_path / "raw")], mesh, RULES, normalize=False, aggregate="max")
-        rm = RewardModel.load([str(tmp_path / "raw")], mesh, RULES, normalize=False)
+            RewardModel.load([str(tmp_path / "raw")], mesh, rules, normalize=False, aggregate="max")
+        rm = RewardModel.load([str(tmp_path / "raw")], mesh, rules, normalize=False)
         with pytest.raises(ValueError, match="token id 70 is outside the reward model's vocabulary"):
             rm(np.array([[3, 70]]), np.array([[1, 1]]))
