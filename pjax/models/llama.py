@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pjax import sharding
+from pjax.models.ops import dense
 
 Array = jax.Array
 Cache = dict[str, Array]
@@ -178,10 +179,18 @@ def rope_frequencies(cfg: LlamaConfig) -> Array:
     return jnp.where(medium, smoothed, scaled)
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-    """Rotary embedding, half-split layout (as Hugging Face checkpoints). x: [B, T, N, hd]."""
+Rope = tuple[Array, Array]
+
+
+def rope_tables(positions: Array, inv_freq: Array) -> Rope:
+    """(sin, cos) `[B, T, 1, hd/2]` float32 of the positions: computed once per forward, shared by every layer."""
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
-    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+
+
+def apply_rope(x: Array, rope: Rope) -> Array:
+    """Rotary embedding, half-split layout (as Hugging Face checkpoints). x: [B, T, N, hd]."""
+    sin, cos = rope
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -221,17 +230,17 @@ class Attention(nnx.Module):
             self.bk = nnx.Param(jnp.zeros((k, hd), pd), out_sharding=("kv_heads", "head_dim"))
             self.bv = nnx.Param(jnp.zeros((k, hd), pd), out_sharding=("kv_heads", "head_dim"))
 
-    def __call__(self, x, positions, inv_freq, allowed: Array, cache: Cache | None, cache_index):
+    def __call__(self, x, rope: Rope, allowed: Array, cache: Cache | None, cache_index):
         """allowed: [B, T, S] bool, which keys each query sees (`attention_mask`)."""
         cfg = self.cfg
         dt = _dtype(cfg.dtype)
-        q = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))
-        k = jnp.einsum("btd,dhk->bthk", x, self.wk[...].astype(dt))
-        v = jnp.einsum("btd,dhk->bthk", x, self.wv[...].astype(dt))
+        q = dense("btd,dhk->bthk", x, self.wq[...].astype(dt))
+        k = dense("btd,dhk->bthk", x, self.wk[...].astype(dt))
+        v = dense("btd,dhk->bthk", x, self.wv[...].astype(dt))
         if cfg.attn_bias:
             q, k, v = q + self.bq[...].astype(dt), k + self.bk[...].astype(dt), v + self.bv[...].astype(dt)
-        q = sharding.constrain(apply_rope(q, positions, inv_freq), ("act_batch", "act_seq", "act_heads", None))
-        k = apply_rope(k, positions, inv_freq)
+        q = sharding.constrain(apply_rope(q, rope), ("act_batch", "act_seq", "act_heads", None))
+        k = apply_rope(k, rope)
         T = x.shape[1]
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
@@ -244,7 +253,7 @@ class Attention(nnx.Module):
         scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(B, T, cfg.n_heads, cfg.head_dim)
-        out = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt))
+        out = dense("bthk,hkd->btd", out, self.wo[...].astype(dt))
         return out, cache
 
 
@@ -258,9 +267,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         dt = self.dtype
-        h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+        h = jax.nn.silu(dense("btd,df->btf", x, self.gate[...].astype(dt))) * \
+            dense("btd,df->btf", x, self.up[...].astype(dt))
         h = sharding.constrain(h, ("act_batch", "act_seq", "act_mlp"))
-        return h @ self.down[...].astype(dt)
+        return dense("btf,fd->btd", h, self.down[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -271,8 +281,8 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, positions, inv_freq, allowed, cache, cache_index):
-        h, cache = self.attn(self.attn_norm(x), positions, inv_freq, allowed, cache, cache_index)
+    def __call__(self, x, rope, allowed, cache, cache_index):
+        h, cache = self.attn(self.attn_norm(x), rope, allowed, cache, cache_index)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return sharding.constrain(x, ("act_batch", "act_seq", "act_embed")), cache
@@ -330,14 +340,14 @@ class Llama(nnx.Module):
             chex.assert_equal_shape([tokens, segment_ids])
         x = jnp.take(self.embed[...], tokens, axis=0).astype(_dtype(cfg.dtype))
         x = sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
-        inv_freq = rope_frequencies(cfg)
+        rope = rope_tables(positions, rope_frequencies(cfg))
         allowed = attention_mask(key_mask, tokens.shape[1], cache_index, cfg.sliding_window, segment_ids)
         graphdef, state = nnx.split(self.layers)
 
         def layer(x, xs):
             layer_state, layer_cache = xs
             block = nnx.merge(graphdef, layer_state)
-            return block(x, positions, inv_freq, allowed, layer_cache, cache_index)
+            return block(x, rope, allowed, layer_cache, cache_index)
 
         policy = REMAT_POLICIES[cfg.remat]
         if cfg.remat != "none":
