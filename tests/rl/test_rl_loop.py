@@ -130,6 +130,16 @@ def test_a_resumed_run_continues_exactly(sft_export, tmp_path):
     assert whole[2]["kl_coef"] != whole[0]["kl_coef"]  # the carried coefficient is not the initial one
 
 
+def test_a_finished_online_phase_run_again_keeps_its_export(sft_export, tmp_path):
+    """The frame's rule for every phase: run again after it finished, nothing is trained or re-exported."""
+    cfg = online_config(tmp_path, sft_export)
+    first = pjax.train(cfg)
+    meta = checkpoint.export_metadata(first["export"])
+    again = pjax.train(cfg)
+    assert again["history"] == [] and again["source"] == "checkpoint:2"
+    assert checkpoint.export_metadata(again["export"]) == meta  # the same export_id: not written again
+
+
 def test_separate_value_model_starts_from_value_from(sft_export, tmp_path):
     """`model.value_backbone='separate'`: the policy (backbone and LM head) comes from init_from, the value
     model's backbone from `online.value_from` (here a reward-model-shaped export), its value head fresh."""
