@@ -181,9 +181,8 @@ def run(setup: Setup, workdir: Path, preemption: distributed.PreemptionWatch) ->
 
     summary = loop.run_loop(setup, start.state, body, ckpts=ckpts, workdir=workdir, source=start.source,
                             preemption=preemption, on_log=say)
-    if distributed.is_leader() and not summary["preempted"]:
-        (workdir / "online_summary.json").write_text(json.dumps(summary["history"][-1] if summary["history"] else {},
-                                                                indent=2))
+    if distributed.is_leader() and not summary["preempted"] and summary["history"]:  # a rerun keeps the old one
+        (workdir / "online_summary.json").write_text(json.dumps(summary["history"][-1], indent=2))
     return summary
 
 

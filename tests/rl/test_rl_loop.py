@@ -135,7 +135,10 @@ def test_a_finished_online_phase_run_again_keeps_its_export(sft_export, tmp_path
     cfg = online_config(tmp_path, sft_export)
     first = pjax.train(cfg)
     meta = checkpoint.export_metadata(first["export"])
+    summary = (Path(cfg.workdir) / "online_summary.json").read_text()
     again = pjax.train(cfg)
+    assert (Path(cfg.workdir) / "online_summary.json").read_text() == summary == json.dumps(first["history"][-1],
+                                                                                              indent=2)
     assert again["history"] == [] and again["source"] == "checkpoint:2"
     assert checkpoint.export_metadata(again["export"]) == meta  # the same export_id: not written again
 
