@@ -97,22 +97,21 @@ class Run:
         validate(cfg)
         self.config, self.spec = cfg, phases.spec(cfg)
         self.mesh, self.rules = mesh_and_rules(cfg)
+        self._entered: list[contextlib.ExitStack] = []
         with self:
             self.setup = make_setup(cfg, self.mesh, self.spec.optimizer_steps(cfg))
             validate_for_mesh(cfg, self.mesh, *self.spec.step_rows(cfg))
             self.train_step = self.spec.make_step(self.setup)  # `.jitted(...)` lowers it (benchmarks)
-        self._contexts: list[Any] = []
 
     def __enter__(self) -> "Run":
-        contexts = [jax.set_mesh(self.mesh), sharding.use_rules(self.rules)]
-        for c in contexts:
-            c.__enter__()
-        self.__dict__.setdefault("_contexts", []).append(contexts)
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(sharding.use_rules(self.rules))
+        self._entered.append(stack)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for c in reversed(self._contexts.pop()):
-            c.__exit__(*exc)
+        self._entered.pop().__exit__(*exc)
 
     @property
     def model_def(self) -> models.ModelDef:
@@ -150,11 +149,7 @@ class Run:
     def reference(self) -> Any:
         """The frozen reference's params, as the CLI's (`pjax.core.init.reference_params`): the parent export
         (`init_from`), else the imported checkpoint (`import_from`), else the fresh initial params."""
-        if self.config.init_from:
-            return checkpoint.load_params(self.config.init_from, self.setup.abstract_state["params"])
-        if self.config.import_from:
-            return core_init.import_params(self.setup, self.config.import_from)
-        return self.setup.init_params(self.config.seed)
+        return core_init.reference_params(self.setup)
 
     def data(self) -> load.Data:
         """The phase's encoded rows (offline phases), as the CLI loads them."""

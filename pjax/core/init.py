@@ -8,7 +8,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -83,13 +83,11 @@ def import_params(setup: Setup, path: str) -> Any:
 @dataclasses.dataclass
 class Start:
     """A phase's starting point: the train state, the data position of its own checkpoint (None
-    without one), where it came from (`checkpoint:<step>`, `export:<dir>`, `import:<path>`, `fresh`)
-    and, with `import_from`, a loader of the imported params (the reference of a phase that has one)."""
+    without one), where it came from (`checkpoint:<step>`, `export:<dir>`, `import:<path>`, `fresh`)."""
 
     state: State
     saved_position: dict[str, Any] | None
     source: str
-    imported: Callable[[], Any] | None
 
 
 def start_state(setup: Setup, ckpts: checkpoint.PhaseCheckpoints, workdir: Path, *, parent_is_reference: bool,
@@ -110,20 +108,23 @@ def start_state(setup: Setup, ckpts: checkpoint.PhaseCheckpoints, workdir: Path,
         ckpts, config.init_from, setup.abstract_state, fresh=lambda: setup.init_state(config.seed),
         with_params=setup.state_around, import_from=config.import_from, imported=imported,
         parent=(lambda: backbone_with_fresh_head(setup, config.init_from, value_from)) if new_head else None)
-    return Start(state, saved, source, imported)
+    return Start(state, saved, source)
 
 
-def reference_params(setup: Setup, start: Start) -> Any:
+def reference_params(setup: Setup, start: Start | None = None) -> Any:
     """The frozen reference's params, placed like the policy's: the parent export (`init_from`), else the
-    imported checkpoint (`import_from`), else the fresh initial params (the log says which)."""
+    imported checkpoint (`import_from`), else the fresh initial params (the log says which). With the
+    phase's `start`, params it already holds are copied instead of loaded again."""
     config = setup.config
     if config.init_from:
         log.info("reference: frozen parent export %s", config.init_from)
         return checkpoint.load_params(config.init_from, setup.abstract_state["params"])
     if config.import_from:
         log.info("reference: frozen imported checkpoint %s", config.import_from)
-        return jax.tree.map(jnp.copy, start.state["params"]) if start.source.startswith("import:") \
-            else start.imported()
+        if start is not None and start.source.startswith("import:"):
+            return jax.tree.map(jnp.copy, start.state["params"])
+        return import_params(setup, config.import_from)
     log.warning("reference: no init_from; using the fresh initial params as the reference")
-    return jax.tree.map(jnp.copy, start.state["params"]) if start.source == "fresh" else \
-        setup.init_params(config.seed)
+    if start is not None and start.source == "fresh":
+        return jax.tree.map(jnp.copy, start.state["params"])
+    return setup.init_params(config.seed)
