@@ -253,7 +253,7 @@ def check_model_matches(export_dir: str | os.PathLike, model: dict[str, Any], ig
                                 f"(expected {EXPORT_METADATA} and params/)")
     theirs = meta.get("model", {})
     diff = {k: (theirs.get(k), v) for k, v in model.items()
-            if k in theirs and k not in ("remat", "scan_layers", "dtype", *ignore) and _norm(theirs[k]) != _norm(v)}
+            if k in theirs and k not in ("remat", "scan_layers", "attention", "dtype", *ignore) and _norm(theirs[k]) != _norm(v)}
     if diff:
         detail = ", ".join(f"model.{k}: export {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"init_from={str(export_dir)!r} does not match the config: {detail}")

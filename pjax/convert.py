@@ -149,7 +149,7 @@ def pjax_to_hf(export: str | Path, out: str | Path, *, dtype: str = "float32", m
 def train_flags(cfg: LlamaConfig) -> str:
     """`pjax.train` flags that give `cfg` (a preset's name when one matches, else every field)."""
     values = dataclasses.asdict(cfg)
-    free = ("remat", "scan_layers", "dtype", "param_dtype")
+    free = ("remat", "scan_layers", "attention", "dtype", "param_dtype")
     for name in PRESETS:
         if all(values[k] == v for k, v in dataclasses.asdict(preset(name)).items() if k not in free):
             return f"--config.model.preset={name} --config.model.param_dtype={cfg.param_dtype}"

@@ -70,7 +70,7 @@ def import_params(setup: Setup, path: str) -> Any:
     theirs = gguf.config_from_gguf(source) if is_gguf else hf.config_from_hf(
         json.loads((source / "config.json").read_text()))
     ours = dataclasses.asdict(setup.model_def.cfg)
-    ignored = ("max_seq_len", "param_dtype", "dtype", "remat", "scan_layers", "head")
+    ignored = ("max_seq_len", "param_dtype", "dtype", "remat", "scan_layers", "attention", "head")
     diff = {k: (v, ours[k]) for k, v in theirs.items() if k in ours and k not in ignored and
             checkpoint._norm(v) != checkpoint._norm(ours[k])}
     if diff:

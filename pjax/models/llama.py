@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pjax import sharding
+from pjax.models import attention
 from pjax.models.ops import dense
 
 Array = jax.Array
@@ -62,6 +63,7 @@ class LlamaConfig:
     attn_bias: bool = False  # Qwen2: biases on the q/k/v projections (not on the output projection)
     # Mistral: query index i sees key index j iff i - window < j <= i (Hugging Face's convention); 0 = off.
     sliding_window: int = 0
+    attention: str = "auto"  # the attention kernel: auto | einsum | xla | cudnn (pjax.models.attention)
 
     def __post_init__(self):
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
@@ -78,6 +80,7 @@ class LlamaConfig:
         if self.rope_scaling and (len(self.rope_scaling) != 4 or not self.rope_scaling[1] < self.rope_scaling[2]):
             raise ValueError(f"model.rope_scaling={self.rope_scaling}: expected () or (factor, low_freq_factor, "
                              "high_freq_factor, original_max_position) with low_freq_factor < high_freq_factor")
+        attention.resolve(self.attention, self.dtype, platform="cpu")  # validates the name
         if self.sliding_window < 0:
             raise ValueError(f"model.sliding_window={self.sliding_window} must be >= 0 (0 = full attention)")
         if self.reward_heads < 1 or (self.reward_heads > 1 and self.head != "scalar"):
@@ -241,18 +244,12 @@ class Attention(nnx.Module):
             q, k, v = q + self.bq[...].astype(dt), k + self.bk[...].astype(dt), v + self.bv[...].astype(dt)
         q = sharding.constrain(apply_rope(q, rope), ("act_batch", "act_seq", "act_heads", None))
         k = apply_rope(k, rope)
-        T = x.shape[1]
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
             cache = {"k": k, "v": v}
-        B, g = x.shape[0], cfg.n_heads // cfg.n_kv_heads
-        qg = q.reshape(B, T, cfg.n_kv_heads, g, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dt)).astype(jnp.float32)
-        scores = scores / math.sqrt(cfg.head_dim)
-        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(B, T, cfg.n_heads, cfg.head_dim)
+        kernel = attention.resolve(cfg.attention, cfg.dtype)
+        out = attention.attend(q, k.astype(dt), v.astype(dt), allowed, kernel, causal=cache is None)
         out = dense("bthk,hkd->btd", out, self.wo[...].astype(dt))
         return out, cache
 

@@ -178,10 +178,11 @@ PADDINGS = {
 # ----------------------------------------------------------------------------- forward vs NumPy
 
 
+@pytest.mark.parametrize("attention", ["einsum", "xla"])
 @pytest.mark.parametrize("heads", [(4, 2), (4, 4)], ids=["gqa", "mha"])
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_forward_matches_numpy_reference(tied, heads):
-    cfg = tiny_cfg(n_heads=heads[0], n_kv_heads=heads[1], tie_embeddings=tied)
+def test_forward_matches_numpy_reference(tied, heads, attention):
+    cfg = tiny_cfg(n_heads=heads[0], n_kv_heads=heads[1], tie_embeddings=tied, attention=attention)
     md = build(cfg)
     params = perturbed_params(md)
     assert ("lm_head" in params) == (not tied)
@@ -217,9 +218,10 @@ def test_forward_matches_numpy_with_rope_scaling_and_head_dim():
 @pytest.mark.parametrize("variant", [dict(attn_bias=True), dict(sliding_window=3),
                                      dict(attn_bias=True, sliding_window=2, tie_embeddings=True)],
                          ids=["qwen2-biases", "mistral-window", "both"])
-def test_variants_match_numpy_reference(variant):
+@pytest.mark.parametrize("attention", ["einsum", "xla"])
+def test_variants_match_numpy_reference(variant, attention):
     """Qwen2's q/k/v biases and Mistral's sliding window (shorter than the rows), with padding."""
-    cfg = tiny_cfg(**variant)
+    cfg = tiny_cfg(**variant, attention=attention)
     md = build(cfg)
     params = perturbed_params(md, seed=2)
     if cfg.attn_bias:
@@ -334,8 +336,9 @@ def test_scan_and_remat_do_not_change_loss_or_gradients():
 @pytest.mark.parametrize("scan_layers, variant", [(True, {}), (False, {}),
                                                   (True, dict(sliding_window=3, attn_bias=True))],
                          ids=["scan", "unrolled", "window-biases"])
-def test_kv_cache_decoding_matches_full_forward(scan_layers, variant):
-    cfg = tiny_cfg(n_heads=4, n_kv_heads=2, scan_layers=scan_layers, **variant)
+@pytest.mark.parametrize("attention", ["einsum", "xla"])
+def test_kv_cache_decoding_matches_full_forward(scan_layers, variant, attention):
+    cfg = tiny_cfg(n_heads=4, n_kv_heads=2, scan_layers=scan_layers, attention=attention, **variant)
     md = build(cfg)
     params = perturbed_params(build(tiny_cfg(**variant)))  # same parameter tree either way
     mask = np.array([[1] * 7, [0] * 3 + [1] * 4])  # no padding; left padding
@@ -381,11 +384,12 @@ def test_kv_cache_decoding_matches_full_forward(scan_layers, variant):
 
 
 @pytest.mark.parametrize("variant", [{}, dict(sliding_window=3, attn_bias=True)], ids=["llama", "window-biases"])
-def test_packed_row_matches_separate_documents(variant):
+@pytest.mark.parametrize("attention", ["einsum", "xla"])
+def test_packed_row_matches_separate_documents(variant, attention):
     """Two documents packed in one row (positions restarting at 0, segment ids 1 and 2, one pad) give
     each document's own per-token log-probs, and match the NumPy reference with block-diagonal
     attention."""
-    cfg = tiny_cfg(**variant)
+    cfg = tiny_cfg(**variant, attention=attention)
     md = build(cfg)
     params = perturbed_params(md, seed=5)
     rng = np.random.default_rng(9)
