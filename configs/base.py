@@ -73,6 +73,10 @@ def get_config() -> ConfigDict:
         max_prompt_tokens=0,  # > 0: rows with a longer prompt are bad rows; 0: prompts are cut from the left to fit
         num_heldout=0,  # rows of data.path held out (seeded) for held-out figures at the start and the end
         packing=False,  # SFT: pack several sequences per row (per-document attention and positions)
+        # The batch layout the model runs on (pjax.data.layout; sft and dpo): padded | packed (every
+        # sequence's real tokens back to back) | shared_prompt (a pair's prompt once, then each completion)
+        layout="padded",
+        pack_len=0,  # tokens per row of a packed layout (0 = auto: max_len for packed, 3/2 of it for shared_prompt)
         tfds_data_dir="",  # data_dir of "tfds:" datasets ("" = TFDS's default)
         list_size=4,  # synthetic LIST records: completions per prompt
         precompute_ref=False,  # one reference pass before training, cached next to the data

@@ -27,8 +27,11 @@ FLOP formula (model FLOPs, PaLM appendix B / MaxText style; recomputation is NOT
              (forward+backward = 3 x forward; forward attention QK^T and PV = 4*T*H*hd per layer for
              full attention, halved for the causal mask -> 2*L*T*H*hd; training -> 6*A)
     ref    = 2*N + 2*A  FLOPs per token for the frozen-reference forward (DPO family only)
-    flops_per_step = tokens_per_step * (train [+ ref])
-    tokens_per_step = every non-pad token of the batch (all B*T, or B*2*T for pairs: both rows)
+    flops_per_step = placed_tokens * (train [+ ref])
+    tokens_per_step = every non-pad token of the batch (all B*T, or B*2*T for pairs: both rows);
+                      tokens/s counts these
+    placed_tokens   = the tokens the model runs on: tokens_per_step, except that `data.layout=shared_prompt`
+                      places a pair's shared prompt once (pjax.data.layout); its rows' padding is not counted
 The model actually runs on T-1 positions per row (the last token is only a target) and computes
 the full masked T x T score matrix; remat (`model.remat`) and the chunked LM head's rematerialised
 backward add hardware FLOPs not counted here. MFU = flops_per_step / step_s_median /
@@ -62,18 +65,21 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from pjax import generate, losses
+from pjax.data import layout
 from pjax.data.shapes import random_batch
 from pjax.models.heads import naive_token_logprobs, token_logprobs
 from pjax.models.llama import LlamaConfig
 from pjax.plan import analysis_dict, dashes_to_underscores
 from pjax import api
 from pjax.models.config import model_config
+from pjax.phases import offline
 
 FLOP_FORMULA = (
     "N = L*(d*hd*(2H+2K) + 3*d*f) + d*V (matmul params: layer weights + LM head once; input embedding "
     "lookup excluded); A = L*T*H*hd (T = prompt+completion); per token: train 6N + 6A (causal attention "
     "= half of full 12A), plus reference forward 2N + 2A for objectives with a reference; "
-    "flops_per_step = tokens_per_step * per_token; remat/recompute not counted"
+    "flops_per_step = placed_tokens_per_step * per_token (placed = tokens_per_step, shared prompts once "
+    "with data.layout=shared_prompt); remat/recompute not counted"
 )
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config .py file.", lock_config=True)
@@ -126,12 +132,14 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
     host_batch = random_batch(config, prompt_len, completion_len, seed=config.seed)
     T = prompt_len + completion_len
     tokens_per_step = int(host_batch["mask"].sum())
+    d = config.data
+    positions = layout.token_counts(host_batch, d.layout, layout.row_length(d.layout, d.pack_len, T))
 
     with run:
         setup = run.setup
         state = run.init()
         ref_params = jax.tree.map(jnp.copy, state["params"]) if needs_reference else None
-        batch = setup.device_batch(host_batch)
+        batch = offline.put_batch(setup, {k: v[setup.local_rows(len(v))] for k, v in host_batch.items()})
         jax.block_until_ready((state, ref_params, batch))
         t0 = time.perf_counter()
         step_fn = run.train_step.jitted(ref_params, batch).lower(state, ref_params, batch).compile()
@@ -152,7 +160,7 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
     devices = jax.devices()
     step_median = float(np.median(times))
     step_p90 = float(np.percentile(times, 90))
-    flops = tokens_per_step * flops_per_token(cfg, T, needs_reference)
+    flops = positions["placed"] * flops_per_token(cfg, T, needs_reference)
     achieved = flops / step_median
     mfu = achieved / (peak_flops * len(devices)) if peak_flops else None
 
@@ -197,6 +205,9 @@ def run_benchmark(config: ConfigDict, *, steps: int = 10, warmup: int = 2, promp
         "step_s_p90": step_p90,
         "step_s_all": times,
         "tokens_per_step": tokens_per_step,
+        "layout": d.layout,
+        "model_positions_per_step": positions["model"],
+        "placed_tokens_per_step": positions["placed"],
         "tokens_per_s": tokens_per_step / step_median,
         "flop_formula": FLOP_FORMULA,
         "flops_per_token": flops_per_token(cfg, T, needs_reference),

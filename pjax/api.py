@@ -24,6 +24,7 @@ from pjax.core import init as core_init
 from pjax.core import loop
 from pjax.core.setup import State, make_setup, mesh_and_rules, validate_for_mesh
 from pjax.data import batching, load, loader, tasks
+from pjax.phases import offline
 from pjax.rewards import RewardModel
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -156,14 +157,14 @@ class Run:
         return load.load_data(self.config)
 
     def batches(self, data: load.Data | dict[str, np.ndarray], start: int = 0) -> Iterator[dict[str, jax.Array]]:
-        """Device batches of `train.batch_size` rows from step `start` on, in the CLI's seeded order, each
-        host sending only its own rows."""
+        """Device batches of `train.batch_size` rows from step `start` on, in the CLI's seeded order and
+        batch layout (`data.layout`), each host sending only its own rows."""
         arrays = data.arrays if isinstance(data, load.Data) else data
         bs = self.config.train.batch_size
         host = loader.HostBatches(arrays, batch_size=bs, seed=self.config.seed, rows=self.setup.local_rows(bs),
                                   state=loader.start_state(start))
         for local in host:
-            yield self.setup.put_batch(local, bs)
+            yield offline.put_batch(self.setup, local)
 
     def step(self, state: State, batch: dict[str, jax.Array], ref_params: Any = None) -> tuple[State, dict]:
         """One optimizer step of the CLI's jitted train step; `state` is donated (use the returned one)."""

@@ -140,3 +140,12 @@ def broadcast_string(text: str) -> str:
     data[:len(raw)] = np.frombuffer(raw, np.uint8)
     out = np.asarray(multihost_utils.broadcast_one_to_all(data))
     return bytes(out[out > 0]).decode()
+
+
+def max_over_processes(value: int) -> int:
+    """The largest of every process's `value` (as is with one process)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))

@@ -3,10 +3,12 @@
 For SFT, the reward model (RM) and DPO, one batch's loss and gradients are compared:
 
 * k micro-batches of b rows (`train.grad_accum=k`) against one batch of k*b rows: rtol 1e-5;
-* remat `full` with `lax.scan`, and no remat with unrolled layers, against no remat with `lax.scan`:
-  rtol 1e-5 (every remat policy is compared at the model level in tests/models);
-* 8 CPU devices (mesh (2, 2, 2)) under each parallelism preset (and fsdp_tp with 2 micro-batches)
-  against 1 device: rtol 1e-4 (the 8-device programs sum in a different order).
+* remat `full` with `lax.scan`, no remat with unrolled layers, and remat `dots` with the XLA attention
+  kernel, against no remat with `lax.scan`: rtol 1e-5 (every remat policy and kernel is compared at
+  the model level in tests/models);
+* the padding-free batch layouts (`data.layout`: packed, shared_prompt) against padded rows: rtol 1e-5;
+* 8 CPU devices (mesh (2, 2, 2)) under each parallelism preset (and fsdp_tp with 2 micro-batches, and
+  with a packed layout) against 1 device: rtol 1e-4 (the 8-device programs sum in a different order).
 
 Every program sums in its own order (XLA fuses each variant differently), so gradients of float32
 parameters near zero also get atol 1e-6 (the largest gradients are about 0.3 to 0.5; the losses are
@@ -30,6 +32,7 @@ import pjax
 from pjax import sharding
 from pjax.core.setup import validate_for_mesh
 from pjax.data import load, loader
+from pjax.phases import offline
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {"sft": sft_tiny, "rm": rm_tiny, "dpo": dpo_tiny}
@@ -58,7 +61,9 @@ def loss_and_grads(config, mesh_shape=(1, 1, 1)) -> tuple[float, dict[str, np.nd
         arrays = run.data().arrays
         state = run.init()
         ref = run.init(config.seed + 1)["params"] if phase_needs_reference(config) else None
-        batch = setup.device_batch(loader.global_batch(arrays, 0, config.train.batch_size, config.seed))
+        whole = loader.global_batch(arrays, 0, config.train.batch_size, config.seed)
+        rows = setup.local_rows(config.train.batch_size)
+        batch = offline.put_batch(setup, {k: v[rows] for k, v in whole.items()})  # in the config's data.layout
         fn = jax.jit(lambda p, r, b, s: run.train_step.gradients(p, r, b, s))
         with sharding.use_rules(setup.rules):
             (loss, _), grads = fn(state["params"], ref, batch, state["loss_state"])
@@ -134,11 +139,23 @@ def test_gradient_accumulation_equals_one_big_batch(phase, cache_dir, plain):
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_remat_and_scan_do_not_change_loss_or_gradients(phase, cache_dir, plain):
     base_result = plain(phase)
-    for remat, scan in (("full", True), ("none", False)):  # every remat policy: tests/models
-        config = _config(phase, cache_dir)
-        config.model.remat, config.model.scan_layers = remat, scan
+    for remat, scan, kernel in (("full", True, "einsum"), ("none", False, "einsum"), ("dots", True, "xla")):
+        config = _config(phase, cache_dir)  # every remat policy and kernel: tests/models
+        config.model.remat, config.model.scan_layers, config.model.attention = remat, scan, kernel
         _assert_same(loss_and_grads(config), base_result, rtol=1e-5, atol=1e-6,
-                     what=f"{phase} remat={remat} scan={scan}")
+                     what=f"{phase} remat={remat} scan={scan} attention={kernel}")
+
+
+@pytest.mark.parametrize("phase, layout", [("sft", "packed"), ("dpo", "packed"), ("dpo", "shared_prompt")])
+def test_padding_free_layouts_do_not_change_loss_or_gradients(phase, layout, cache_dir, plain):
+    """The model runs on packed rows (pjax.data.layout) and the objective sees the same numbers."""
+    config = _config(phase, cache_dir)
+    config.data.layout = layout
+    with pjax.Run(config) as run:  # the layout really runs on fewer positions
+        whole = loader.global_batch(run.data().arrays, 0, config.train.batch_size, config.seed)
+        batch = offline.put_batch(run.setup, whole)
+        assert batch["packed_tokens"].size < whole["tokens"].size
+    _assert_same(loss_and_grads(config), plain(phase), rtol=1e-5, atol=1e-6, what=f"{phase} layout={layout}")
 
 
 def _eight_device_results(cache_dir: str, out: Path) -> None:
@@ -152,6 +169,10 @@ def _eight_device_results(cache_dir: str, out: Path) -> None:
         config = _config(phase, cache_dir, train__grad_accum=2)  # micro-batches split over the devices too
         loss, grads = loss_and_grads(config, (2, 2, 2))
         results[f"{phase}/fsdp_tp+grad_accum=2"] = {"loss": loss, "grads": {k: v.tolist() for k, v in grads.items()}}
+        if phase != "rm":  # packed rows split over the devices (a multiple of the batch shards)
+            config = _config(phase, cache_dir, data__layout="shared_prompt" if phase == "dpo" else "packed")
+            loss, grads = loss_and_grads(config, (2, 2, 2))
+            results[f"{phase}/fsdp_tp+layout"] = {"loss": loss, "grads": {k: v.tolist() for k, v in grads.items()}}
     out.write_text(json.dumps(results))
 
 
@@ -161,10 +182,11 @@ def test_eight_devices_equal_one_under_every_preset(eight_device_job, plain):
     assert proc.returncode == 0, stderr[-4000:]
     eight = json.loads(out.read_text())
     variants = PRESETS + ["fsdp_tp+grad_accum=2"]
-    assert sorted(eight) == sorted(f"{p}/{s}" for p in PHASES for s in variants)
+    expected = [f"{p}/{s}" for p in PHASES for s in variants] + ["sft/fsdp_tp+layout", "dpo/fsdp_tp+layout"]
+    assert sorted(eight) == sorted(expected)
     for phase in PHASES:
         one = plain(phase)
-        for preset in variants:
+        for preset in variants + (["fsdp_tp+layout"] if phase != "rm" else []):
             r = eight[f"{phase}/{preset}"]
             _assert_same((r["loss"], {k: np.asarray(v, np.float32) for k, v in r["grads"].items()}), one,
                          rtol=1e-4, atol=1e-6, what=f"{phase} preset={preset} on 8 devices")

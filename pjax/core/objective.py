@@ -31,6 +31,9 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef, temperature: fl
     kto = "kto" in names
 
     def logps(params, tokens, mask, with_log_sum_p2=False, batch=None):
+        if batch is not None and "packed_tokens" in batch:  # a padding-free layout (pjax.data.layout)
+            return models.packed_token_logprobs(model_def, params, batch, chunk_size=chunk,
+                                                with_log_sum_p2=with_log_sum_p2, temperature=temperature)
         packed = {} if batch is None else {k: batch[k] for k in ("positions", "segment_ids") if k in batch}
         return models.sequence_token_logprobs(model_def, params, tokens, mask, chunk_size=chunk,
                                               with_log_sum_p2=with_log_sum_p2, temperature=temperature, **packed)
@@ -38,7 +41,8 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef, temperature: fl
     def reference(ref_params, batch, prefix=""):
         if f"{prefix}ref_logps" in batch:
             return batch[f"{prefix}ref_logps"]
-        return jax.lax.stop_gradient(logps(ref_params, batch[f"{prefix}tokens"], batch[f"{prefix}mask"]))
+        return jax.lax.stop_gradient(logps(ref_params, batch[f"{prefix}tokens"], batch[f"{prefix}mask"],
+                                           batch=None if prefix else batch))
 
     if losses.trains(cfg) == "reward":
         heads, rc = model_def.cfg.reward_heads, config.reward

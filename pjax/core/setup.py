@@ -62,6 +62,12 @@ class Setup:
                   for s in spec.addressable_devices_indices_map((global_size,)).values()}
         return np.concatenate([np.arange(a, b) for a, b in sorted(slices)])
 
+    def batch_shards_per_process(self) -> int:
+        """How many distinct slices of a batch this process's devices hold (a host's rows must divide by it)."""
+        spec = sharding.batch_sharding(self.mesh, self.rules, 1)
+        total = len({(idx[0].start, idx[0].stop) for idx in spec.devices_indices_map((1 << 20,)).values()})
+        return max(1, total // jax.process_count())
+
     def put_batch(self, local: dict[str, np.ndarray], global_size: int) -> dict[str, jax.Array]:
         """Assemble the global batch from every process's own rows (`local_rows`)."""
         shardings = self.batch_sharding(local)

@@ -15,7 +15,8 @@ def random_batch(config: ConfigDict, prompt_len: int, completion_len: int, seed:
     follows `--config.model.preset`; the raw `config.model.vocab_size` field still holds the base
     preset's value after a preset switch), no padding, in the data shape of the configured
     objectives: `[B, T]` (SEQ; UNP adds labels and KTO's mismatched rows), `[B, 2, T]` (PAIR, STEP)
-    or `[B, K, T]` with scores (LIST, K = `data.list_size`)."""
+    or `[B, K, T]` with scores (LIST, K = `data.list_size`); the sequences of a pair or list share
+    their prompt, as real preference data does."""
     if prompt_len < 1 or completion_len < 1:
         raise ValueError("--prompt-len and --completion-len must be >= 1")
     T = prompt_len + completion_len
@@ -27,6 +28,7 @@ def random_batch(config: ConfigDict, prompt_len: int, completion_len: int, seed:
 
     def rows():
         tokens = rng.integers(0, vocab, size=(*lead, T), dtype=np.int32)
+        tokens[..., :prompt_len] = tokens[:, :1, :prompt_len] if len(lead) > 1 else tokens[..., :prompt_len]
         completion = np.zeros((*lead, T), np.int32)
         completion[..., prompt_len:] = 1
         return {"tokens": tokens, "mask": np.ones((*lead, T), np.int32), "completion_mask": completion}

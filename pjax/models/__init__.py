@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -88,6 +89,26 @@ def sequence_token_logprobs(model_def: ModelDef, params: Params, tokens: jax.Arr
     return jax.tree.map(lambda x: x.reshape(*tokens.shape[:-1], tokens.shape[-1] - 1), out)
 
 
+def packed_token_logprobs(model_def: ModelDef, params: Params, batch: dict[str, jax.Array], *,
+                          chunk_size: int = 128, temperature: float = 1.0,
+                          with_log_sum_p2: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """`sequence_token_logprobs(batch["tokens"], batch["mask"])`, `[..., T-1]`, computed on the batch's
+    padding-free layout (`pjax.data.layout`: `packed_*` rows `[R, L]`, `unpack_index`): the model runs
+    on the packed rows, each token is scored from its source's hidden state, and the entries go back to
+    the padded positions (0 where `mask` is 0)."""
+    tokens, segments = batch["packed_tokens"], batch["packed_segments"]
+    chex.assert_rank([tokens, segments, batch["packed_sources"]], 2)
+    model = model_def.module(params)
+    hidden, _ = model(tokens, batch["packed_positions"], (segments > 0).astype(jnp.int32),
+                      segment_ids=segments, branch_ids=batch["packed_branches"])
+    hidden = jnp.take_along_axis(hidden, batch["packed_sources"][..., None], axis=1)
+    out = token_logprobs(hidden, model.head_kernel(), tokens, chunk_size=chunk_size, temperature=temperature,
+                         with_log_sum_p2=with_log_sum_p2)
+    scored = batch["mask"][..., 1:] > 0
+    chex.assert_equal_shape([scored, batch["unpack_index"]])
+    return jax.tree.map(lambda x: jnp.where(scored, x.reshape(-1)[batch["unpack_index"]], 0.0), out)
+
+
 def last_token_index(mask: jax.Array) -> jax.Array:
     """Index of the last real token of each row of `mask` `[N, T]`, for right and left padding alike."""
     T = mask.shape[-1]
@@ -126,5 +147,5 @@ def sequence_logprobs_and_values(model_def: ModelDef, params: Params, tokens: ja
     return logps.reshape(shape), values.reshape(shape)
 
 
-__all__ = ["Llama", "LlamaConfig", "ModelDef", "build", "init_cache", "positions_from_mask", "preset",
+__all__ = ["Llama", "LlamaConfig", "ModelDef", "build", "init_cache", "packed_token_logprobs", "positions_from_mask", "preset",
            "sequence_logprobs_and_values", "sequence_rewards", "sequence_token_logprobs", "token_logprobs"]

@@ -320,13 +320,15 @@ class Llama(nnx.Module):
 
     def __call__(self, tokens: Array, positions: Array, key_mask: Array,
                  cache: Cache | None = None, cache_index: Array | int = 0,
-                 segment_ids: Array | None = None) -> tuple[Array, Cache | None]:
+                 segment_ids: Array | None = None, branch_ids: Array | None = None) -> tuple[Array, Cache | None]:
         """tokens, positions: [B, T]; key_mask: [B, S] (1 = attendable key; S = T, or the cache length).
 
         With a cache (`{"k", "v"}: [L, B, S, n_kv, hd]`) the new keys are written at `cache_index`.
         Query t sits at sequence index `cache_index + t` and sees keys at indices <= its own (and, with
         `cfg.sliding_window`, > its own minus the window). `segment_ids` [B, T] (packed rows, no cache)
         further restricts each query to keys of its own segment; positions then restart per segment.
+        `branch_ids` [B, T] (with `segment_ids`; `pjax.data.layout`'s shared-prompt pairs): a query sees
+        a key only if the key's branch is 0 (shared) or its own, and the window counts positions.
         """
         cfg = self.cfg
         chex.assert_rank([tokens, positions, key_mask], 2)
@@ -335,10 +337,13 @@ class Llama(nnx.Module):
             if cache is not None:
                 raise ValueError("segment_ids (packed rows) cannot be combined with a KV cache")
             chex.assert_equal_shape([tokens, segment_ids])
+        if branch_ids is not None and segment_ids is None:
+            raise ValueError("branch_ids (shared-prompt pairs) need segment_ids")
         x = jnp.take(self.embed[...], tokens, axis=0).astype(_dtype(cfg.dtype))
         x = sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
         rope = rope_tables(positions, rope_frequencies(cfg))
-        allowed = attention_mask(key_mask, tokens.shape[1], cache_index, cfg.sliding_window, segment_ids)
+        allowed = attention_mask(key_mask, tokens.shape[1], cache_index, cfg.sliding_window, segment_ids,
+                                 branch_ids, positions)
         graphdef, state = nnx.split(self.layers)
 
         def layer(x, xs):
@@ -361,22 +366,28 @@ class Llama(nnx.Module):
 
 
 def attention_mask(key_mask: Array, num_queries: int, cache_index: Array | int = 0, sliding_window: int = 0,
-                   segment_ids: Array | None = None) -> Array:
+                   segment_ids: Array | None = None, branch_ids: Array | None = None,
+                   positions: Array | None = None) -> Array:
     """Which keys each query may attend to: `[B, T, S]` bool for `key_mask` `[B, S]` and T queries at
     sequence indices `cache_index + t`.
 
     Query index i sees key index j iff j <= i (causal), `key_mask[j]` is set, i - j < `sliding_window`
     when it is positive (as `transformers`' `sliding_window_overlay`: kv_idx > q_idx - window), and,
-    with `segment_ids` `[B, T]` (S = T), both carry the same segment id.
+    with `segment_ids` `[B, T]` (S = T), both carry the same segment id. With `branch_ids` `[B, T]`
+    (and `positions`), also the key's branch is 0 or the query's, and the window is over positions.
     """
     query_idx = cache_index + jnp.arange(num_queries)
     key_idx = jnp.arange(key_mask.shape[1])
-    allowed = key_idx[None, :] <= query_idx[:, None]
-    if sliding_window:
-        allowed &= key_idx[None, :] > query_idx[:, None] - sliding_window
-    allowed = allowed[None] & (key_mask[:, None, :] > 0)
+    allowed = (key_idx[None, :] <= query_idx[:, None])[None]
+    if sliding_window and branch_ids is None:
+        allowed &= (key_idx[None, :] > query_idx[:, None] - sliding_window)[None]
+    allowed = allowed & (key_mask[:, None, :] > 0)
     if segment_ids is not None:
         allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    if branch_ids is not None:
+        allowed &= (branch_ids[:, None, :] == 0) | (branch_ids[:, None, :] == branch_ids[:, :, None])
+        if sliding_window:
+            allowed &= positions[:, None, :] > positions[:, :, None] - sliding_window
     return allowed
 
 

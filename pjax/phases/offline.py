@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from ml_collections import ConfigDict
 
@@ -22,7 +23,7 @@ from pjax.core import init, loop, objective
 from pjax.core.loop import PhaseSpec, Unit
 from pjax.core.setup import Setup, State
 from pjax.core.step import TrainStep
-from pjax.data import load, loader
+from pjax.data import layout, load, loader
 from pjax.phases import heldout as held, reference
 
 log = logging.getLogger("pjax")
@@ -46,6 +47,16 @@ def validate(config: ConfigDict) -> None:
                          f"phase={config.phase!r} (data shapes {DATA_SHAPES[config.phase]})")
     if config.data.packing and kind != "SEQ":
         raise ValueError(f"data.packing=True packs SFT sequences; {chosen} trains on data shape {kind}")
+    d = config.data
+    layout.validate(d.layout, d.pack_len, d.max_len)
+    if d.layout != "padded":
+        if config.phase == "rm":
+            raise ValueError(f"data.layout={d.layout!r}: reward models train on padded rows (data.layout='padded')")
+        if d.packing:
+            raise ValueError(f"data.layout={d.layout!r} and data.packing=True both pack: choose one")
+        if config.train.grad_accum > 1:
+            raise ValueError(f"data.layout={d.layout!r} packs whole batches: it needs train.grad_accum=1 "
+                             f"(it is {config.train.grad_accum})")
 
 
 def make_step(setup: Setup) -> TrainStep:
@@ -53,6 +64,24 @@ def make_step(setup: Setup) -> TrainStep:
     config = setup.config
     return TrainStep(setup, objective.make_loss_fn(config, setup.model_def),
                      token_mean=losses.data_kind(config.loss) == "SEQ")
+
+
+def put_batch(setup: Setup, local: dict[str, np.ndarray]) -> dict[str, Any]:
+    """This host's rows of a global batch on the devices, in the configured `data.layout`: a packed
+    layout packs each host's own rows into as many rows as the fullest host needs (a multiple of its
+    batch shards), so every host sends the same shape."""
+    config = setup.config
+    d, size = config.data, config.train.batch_size
+    if d.layout == "padded":
+        return setup.put_batch(local, size)
+    L = layout.row_length(d.layout, d.pack_len, local["tokens"].shape[-1])
+    per_host = setup.batch_shards_per_process()
+    rows = -(-len(layout.plan_rows(local, d.layout, L)) // per_host) * per_host
+    rows = distributed.max_over_processes(rows)
+    packed_size = rows * jax.process_count()
+    packed = layout.pack(local, d.layout, L, rows, row_offset=int(setup.local_rows(packed_size)[0]))
+    out = setup.put_batch({k: v for k, v in packed.items() if k not in layout.KEYS}, size)
+    return {**out, **setup.put_batch({k: packed[k] for k in layout.KEYS}, packed_size)}
 
 
 def reward_statistics(setup: Setup, params: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -85,7 +114,7 @@ class OfflineBody:
                                           rows=setup.local_rows(tc.batch_size), state=iterator_state)
 
     def unit(self, state: State, index: int) -> Unit:
-        batch = self.setup.put_batch(next(self.batches), self.setup.config.train.batch_size)
+        batch = put_batch(self.setup, next(self.batches))
         state, metrics = self.step(state, self.ref_params, batch)
         return Unit(state, [metrics])
 

@@ -14,6 +14,9 @@ from pjax.rl import algorithms
 def validate(config: ConfigDict) -> None:
     o = config.online
     algorithm = algorithms.get(o.algorithm)
+    if config.data.layout != "padded":
+        raise ValueError(f"data.layout={config.data.layout!r} applies to the offline sft and dpo phases; "
+                         "online batches are padded")
     for key in ("prompts_per_iteration", "samples_per_prompt", "epochs", "num_minibatches"):
         if o[key] <= 0:
             raise ValueError(f"online.{key}={o[key]} must be positive")
