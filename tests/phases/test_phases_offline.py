@@ -74,6 +74,40 @@ def test_precomputed_reference_gives_the_same_losses(tiny_configs, sft_export):
     assert out["source"] == f"checkpoint:{dpo.train.steps - 2}" and len(out["history"]) == 2
 
 
+def test_shared_prompt_dpo_trains_as_padded_rows_do(tiny_configs, sft_export):
+    """`data.layout=shared_prompt` through the CLI's phase: the prompt of a pair once, and the losses of
+    the padded run, step by step (with the reference forward in the step and with it precomputed)."""
+    _, dpo = tiny_configs
+    dpo.init_from = str(sft_export)
+    dpo.train.steps = 3
+    padded = [row["loss"] for row in pjax.train(dpo)["history"]]
+    for precompute in (False, True):
+        shared = copy.deepcopy(dpo)
+        shared.workdir = f"{dpo.workdir}_shared_{precompute}"
+        shared.data.layout, shared.data.precompute_ref = "shared_prompt", precompute
+        losses = [row["loss"] for row in pjax.train(shared)["history"]]
+        np.testing.assert_allclose(losses, padded, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (dict(phase="rm", loss__name="bradley_terry", model__head="scalar"), "reward models train on padded rows"),
+    (dict(train__grad_accum=2), "needs train.grad_accum=1"),
+    (dict(data__pack_len=8), "data.pack_len=8 must be 0"),
+    (dict(data__layout="bucketed"), "data.layout='bucketed'"),
+])
+def test_layout_misconfigurations_name_the_key(tiny_configs, overrides, key):
+    _, dpo = tiny_configs
+    dpo.data.layout = "shared_prompt"
+    for name, value in overrides.items():
+        section, _, field = name.partition("__")
+        if field:
+            dpo[section][field] = value
+        else:
+            dpo[section] = value
+    with pytest.raises(ValueError, match=key):
+        pjax.validate(dpo)
+
+
 def test_training_from_a_jsonl_file(tiny_configs, tmp_path):
     """A listwise objective (LiPO) end to end from a JSONL file of records."""
     from pjax.data.tasks import synthetic

@@ -24,6 +24,7 @@ from pjax.rl import algorithms, config as rl_config
     ({"online.kl_estimator": "k4"}, "online.kl_estimator='k4'"),
     ({"online.value_from": "/nowhere/export"}, "online.value_from='/nowhere/export': no such export"),
     ({"train.grad_accum": 2}, "train.grad_accum: online phases split"),
+    ({"data.layout": "packed"}, "data.layout='packed' applies to the offline sft and dpo phases"),
     ({"model.value_head": True}, "model.value_head=True: only ppo trains a value head"),
     ({"online.algorithm": "ppo"}, "online.algorithm='ppo' needs a value head"),
     ({"online.algorithm": "online_dpo", "loss.name": "dpo", "online.kl_coef": 0.1}, "online.kl_coef=0.1: online_dpo"),
