@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pjax-installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench bench-guard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -34,6 +34,12 @@ test-all: $(PEER_STAMP)
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench --config=configs/dpo_tiny.py --steps=10
+
+# The backward-pass regression guard on the issue-17 workload: exits 1 if (fwd+bwd)/fwd > 4.6.
+bench-guard: $(STAMP)
+	$(PY) -m experiments.backward_ratio --config=configs/sft_tiny.py --config.model.vocab_size=1000 \
+		--config.model.d_model=256 --config.model.d_ff=1024 --config.model.n_layers=4 --config.model.n_heads=4 \
+		--config.model.n_kv_heads=4 --config.model.tie_embeddings=False
 
 clean:
 	rm -rf runs .pytest_cache

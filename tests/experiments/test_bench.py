@@ -60,6 +60,40 @@ def test_cli_dpo_tiny(tmp_path):
     assert math.isfinite(r["final_loss"])
 
 
+def test_cli_dpo_shared_prompt_counts_the_prompt_once(tmp_path):
+    """With `data.layout=shared_prompt` tokens/s still counts both sequences of a pair, and the FLOPs
+    count the tokens the model runs on: each pair's prompt once (the bench's pairs share theirs)."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "experiments.bench", "--config=configs/dpo_tiny.py", "--steps=1", "--warmup=0",
+           "--prompt-len=8", "--completion-len=4", "--config.train.batch_size=2",
+           "--config.data.layout=shared_prompt", f"--out={out}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    tokens, flops = documented_flops_per_step(TINY, pairs=2, seq_len=12, with_reference=True)
+    assert r["layout"] == "shared_prompt" and r["tokens_per_step"] == tokens
+    placed = 2 * (8 + 4 + 4)  # per pair: the prompt once, then each completion
+    assert r["placed_tokens_per_step"] == placed
+    assert r["flops_per_step"] == flops // tokens * placed
+    assert r["model_positions_per_step"] == 2 * 18  # a row per pair of 3/2 x 12 positions
+
+
+@pytest.mark.parametrize("bound, status", [(1000.0, 0), (0.5, 1)])
+def test_backward_ratio_guard(bound, status):
+    """The guard prints the ratio and exits 1 when it exceeds the bound (a fwd+bwd is never under half
+    a forward, so 0.5 must fail)."""
+    cmd = [sys.executable, "-m", "experiments.backward_ratio", "--config=configs/sft_tiny.py", "--rounds=2",
+           "--rows=2", "--seq-len=16", f"--max-ratio={bound}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == status, proc.stderr[-4000:]
+    r = json.loads(proc.stdout)
+    ratios = [b / f for f, b in zip(r["forward_s"], r["forward_backward_s"])]
+    assert r["ratio_median"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2)
+    assert r["pass"] is (status == 0)
+
+
 def test_logprob_memory_chunked_below_naive():
     from experiments.bench import logprob_memory
 
