@@ -146,16 +146,19 @@ def test_remat_and_scan_do_not_change_loss_or_gradients(phase, cache_dir, plain)
                      what=f"{phase} remat={remat} scan={scan} attention={kernel}")
 
 
-@pytest.mark.parametrize("phase, layout", [("sft", "packed"), ("dpo", "packed"), ("dpo", "shared_prompt")])
-def test_padding_free_layouts_do_not_change_loss_or_gradients(phase, layout, cache_dir, plain):
-    """The model runs on packed rows (pjax.data.layout) and the objective sees the same numbers."""
-    config = _config(phase, cache_dir)
+@pytest.mark.parametrize("phase, layout, k", [("sft", "packed", 1), ("dpo", "packed", 1), ("dpo", "shared_prompt", 1),
+                                              ("sft", "packed", 4), ("dpo", "shared_prompt", 2)])
+def test_padding_free_layouts_do_not_change_loss_or_gradients(phase, layout, k, cache_dir, plain):
+    """The model runs on packed rows (pjax.data.layout; with k micro-batches, each packed on its own)
+    and the objective sees the same numbers."""
+    config = _config(phase, cache_dir, train__grad_accum=k)
     config.data.layout = layout
     with pjax.Run(config) as run:  # the layout really runs on fewer positions
         whole = loader.global_batch(run.data().arrays, 0, config.train.batch_size, config.seed)
         batch = offline.put_batch(run.setup, whole)
-        assert batch["packed_tokens"].size < whole["tokens"].size
-    _assert_same(loss_and_grads(config), plain(phase), rtol=1e-5, atol=1e-6, what=f"{phase} layout={layout}")
+        assert batch["packed_tokens"].size < whole["tokens"].size or k > 1  # (4 micro-batches of 2 SFT rows fill theirs)
+    _assert_same(loss_and_grads(config), plain(phase), rtol=1e-5, atol=1e-6,
+                 what=f"{phase} layout={layout} grad_accum={k}")
 
 
 def _eight_device_results(cache_dir: str, out: Path) -> None:
@@ -169,8 +172,9 @@ def _eight_device_results(cache_dir: str, out: Path) -> None:
         config = _config(phase, cache_dir, train__grad_accum=2)  # micro-batches split over the devices too
         loss, grads = loss_and_grads(config, (2, 2, 2))
         results[f"{phase}/fsdp_tp+grad_accum=2"] = {"loss": loss, "grads": {k: v.tolist() for k, v in grads.items()}}
-        if phase != "rm":  # packed rows split over the devices (a multiple of the batch shards)
-            config = _config(phase, cache_dir, data__layout="shared_prompt" if phase == "dpo" else "packed")
+        if phase != "rm":  # packed micro-batches split over the devices (a multiple of the batch shards)
+            config = _config(phase, cache_dir, data__layout="shared_prompt" if phase == "dpo" else "packed",
+                             train__grad_accum=2)
             loss, grads = loss_and_grads(config, (2, 2, 2))
             results[f"{phase}/fsdp_tp+layout"] = {"loss": loss, "grads": {k: v.tolist() for k, v in grads.items()}}
     out.write_text(json.dumps(results))

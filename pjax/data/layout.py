@@ -92,13 +92,40 @@ def plan_rows(batch: dict[str, np.ndarray], layout: str, L: int) -> list[list[li
     return rows
 
 
+def micro_batches(batch: dict[str, np.ndarray], k: int) -> list[dict[str, np.ndarray]]:
+    """The k micro-batches of `train.grad_accum=k`: rows j, j + k, j + 2k, ... (`pjax.core.step`)."""
+    n = len(batch["tokens"])
+    if n % k:
+        raise ValueError(f"{n} rows do not split into train.grad_accum={k} micro-batches")
+    return [{key: v[j::k] for key, v in batch.items()} for j in range(k)]
+
+
+def rows_needed(batch: dict[str, np.ndarray], layout: str, L: int, k: int = 1) -> int:
+    """Packed rows per micro-batch (the fullest of the k) that `batch` needs."""
+    return max(len(plan_rows(micro, layout, L)) for micro in micro_batches(batch, k))
+
+
 def pack(batch: dict[str, np.ndarray], layout: str, L: int, num_rows: int | None = None,
-         row_offset: int = 0) -> dict[str, np.ndarray]:
+         row_offset: int = 0, k: int = 1) -> dict[str, np.ndarray]:
     """`batch` with the layout's arrays added (unchanged for `padded`). `num_rows`: R (at least the
     rows the plan needs; default exactly those); `row_offset`: the global index of this host's first
-    packed row, added to `unpack_index` (a host packs its own rows of a global batch)."""
+    packed row, added to `unpack_index` (a host packs its own rows of a global batch).
+
+    With k micro-batches (`train.grad_accum`), micro-batch j (rows j, j + k, ...) is packed on its own
+    into packed rows j, j + k, ... (R = k x its rows), so that the step's split of every array into
+    micro-batches gives each its own packed rows, and its `unpack_index` counts within them."""
     if layout == "padded":
         return batch
+    if k > 1:
+        per = (rows_needed(batch, layout, L, k) if num_rows is None else num_rows // k)
+        if num_rows is not None and (num_rows % k or row_offset % k):
+            raise ValueError(f"{num_rows} packed rows at offset {row_offset} do not split into {k} micro-batches")
+        parts = [pack(micro, layout, L, per, row_offset // k) for micro in micro_batches(batch, k)]
+        out = {key: np.stack([p[key] for p in parts], axis=1).reshape(per * k, L) for key in KEYS}
+        index = np.empty_like(np.asarray(batch["mask"])[..., 1:], dtype=np.int32)
+        for j, p in enumerate(parts):
+            index[j::k] = p["unpack_index"]
+        return {**batch, **out, "unpack_index": index}
     tokens, mask = np.asarray(batch["tokens"]), np.asarray(batch["mask"])
     T = tokens.shape[-1]
     flat_tokens = tokens.reshape(-1, T)

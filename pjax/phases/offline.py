@@ -54,9 +54,6 @@ def validate(config: ConfigDict) -> None:
             raise ValueError(f"data.layout={d.layout!r}: reward models train on padded rows (data.layout='padded')")
         if d.packing:
             raise ValueError(f"data.layout={d.layout!r} and data.packing=True both pack: choose one")
-        if config.train.grad_accum > 1:
-            raise ValueError(f"data.layout={d.layout!r} packs whole batches: it needs train.grad_accum=1 "
-                             f"(it is {config.train.grad_accum})")
 
 
 def make_step(setup: Setup) -> TrainStep:
@@ -68,18 +65,18 @@ def make_step(setup: Setup) -> TrainStep:
 
 def put_batch(setup: Setup, local: dict[str, np.ndarray]) -> dict[str, Any]:
     """This host's rows of a global batch on the devices, in the configured `data.layout`: a packed
-    layout packs each host's own rows into as many rows as the fullest host needs (a multiple of its
-    batch shards), so every host sends the same shape."""
+    layout packs each host's own rows (each micro-batch's on its own) into as many rows as the fullest
+    host needs (a multiple of its batch shards), so every host sends the same shape."""
     config = setup.config
-    d, size = config.data, config.train.batch_size
+    d, size, k = config.data, config.train.batch_size, config.train.grad_accum
     if d.layout == "padded":
         return setup.put_batch(local, size)
     L = layout.row_length(d.layout, d.pack_len, local["tokens"].shape[-1])
     per_host = setup.batch_shards_per_process()
-    rows = -(-len(layout.plan_rows(local, d.layout, L)) // per_host) * per_host
-    rows = distributed.max_over_processes(rows)
+    rows = -(-layout.rows_needed(local, d.layout, L, k) // per_host) * per_host
+    rows = distributed.max_over_processes(rows) * k
     packed_size = rows * jax.process_count()
-    packed = layout.pack(local, d.layout, L, rows, row_offset=int(setup.local_rows(packed_size)[0]))
+    packed = layout.pack(local, d.layout, L, rows, row_offset=int(setup.local_rows(packed_size)[0]), k=k)
     out = setup.put_batch({k: v for k, v in packed.items() if k not in layout.KEYS}, size)
     return {**out, **setup.put_batch({k: packed[k] for k in layout.KEYS}, packed_size)}
 

@@ -91,7 +91,6 @@ def test_shared_prompt_dpo_trains_as_padded_rows_do(tiny_configs, sft_export):
 
 @pytest.mark.parametrize("overrides, key", [
     (dict(phase="rm", loss__name="bradley_terry", model__head="scalar"), "reward models train on padded rows"),
-    (dict(train__grad_accum=2), "needs train.grad_accum=1"),
     (dict(data__pack_len=8), "data.pack_len=8 must be 0"),
     (dict(data__layout="bucketed"), "data.layout='bucketed'"),
 ])
