@@ -2,7 +2,7 @@
 
     python -m experiments.peer_bench [--rounds=5] [--max-rounds=8] [--steps=8] [--warmup=2]
         [--workloads=dpo,sft] [--gate=0.15] [--gate-reference=median|max] [--attn=eager|sdpa]
-        [--out=peer_bench.json] [--pjax-flag=--config.data.pair_layout=shared_prompt ...]  # repeatable
+        [--out=peer_bench.json] [--pjax-flag=--config.data.layout=shared_prompt ...]  # repeatable
     python -m experiments.peer_bench --from-json=peer_bench.json [--gate=0.1 --gate-reference=max]
 
 Needs the `bench` extra (`pip install -e '.[bench]'`: trl, accelerate, CPU torch, transformers).

@@ -91,10 +91,10 @@ def test_empty_spread():
 
 
 def test_pjax_command_and_pass_through_flags():
-    args = peer_bench.parse_args(["--rounds=2", "--pjax-flag=--config.data.pair_layout=shared_prompt",
+    args = peer_bench.parse_args(["--rounds=2", "--pjax-flag=--config.data.layout=shared_prompt",
                                   "--pjax-flag=--config.train.logprob_chunk=64"])
     assert args.rounds == 2
-    assert args.pjax_flag == ["--config.data.pair_layout=shared_prompt", "--config.train.logprob_chunk=64"]
+    assert args.pjax_flag == ["--config.data.layout=shared_prompt", "--config.train.logprob_chunk=64"]
     dpo = peer_bench.pjax_command("dpo", 8, 2, "/tmp/x.json", args.pjax_flag)
     sft = peer_bench.pjax_command("sft", 8, 2, "/tmp/y.json")
     assert dpo[1:3] == ["-m", "experiments.bench"]
