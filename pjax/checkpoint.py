@@ -115,17 +115,19 @@ class PhaseCheckpoints:
             saved = getattr(saved, "tree", saved)
         except Exception:  # noqa: BLE001 - unreadable metadata is damage, found by the restore
             return ""
-        flat_saved = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
-        flat_now = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+        flat_saved, flat_now = _flat_by_path(saved), _flat_by_path(abstract_state)
         if not flat_saved:
             return ""
-        diffs = [f"{k} only in the checkpoint" for k in sorted(set(flat_saved) - set(flat_now))]
-        diffs += [f"{k} only in the config" for k in sorted(set(flat_now) - set(flat_saved))]
-        for k in sorted(set(flat_saved) & set(flat_now)):
+        diffs = [(k, "only in the checkpoint") for k in set(flat_saved) - set(flat_now)]
+        diffs += [(k, "only in the config") for k in set(flat_now) - set(flat_saved)]
+        for k in set(flat_saved) & set(flat_now):
             a, b = flat_saved[k], flat_now[k]
             if getattr(a, "shape", None) is not None and tuple(a.shape) != tuple(b.shape):
-                diffs.append(f"{k}: shape {tuple(a.shape)} saved vs {tuple(b.shape)} now")
-        return "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
+                diffs.append((k, f"shape {tuple(a.shape)} saved vs {tuple(b.shape)} now"))
+        # the parameters' differences first: the optimizer state's follow from them
+        diffs.sort(key=lambda d: (d[0][:1] != ("params",), d[0]))
+        text = [f"{_path_text(k)}: {what}" for k, what in diffs]
+        return "; ".join(text[:5]) + (f"; and {len(text) - 5} more" if len(text) > 5 else "")
 
     def _quarantine(self, step: int) -> None:
         distributed.barrier(f"pjax-quarantine-{step}-begin")
@@ -144,6 +146,22 @@ class PhaseCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _flat_by_path(tree: Any) -> dict[tuple[str, ...], Any]:
+    """Leaves by a path of plain names: a named tuple's field (an attribute now, a dict key in the saved
+    metadata), a dict key and a sequence index all become the same string."""
+    def name(entry: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    return {tuple(name(e) for e in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _path_text(path: tuple[str, ...]) -> str:
+    return "".join(f"[{p}]" if p.isdigit() else f"['{p}']" for p in path)
 
 
 def _everywhere(ok: bool) -> bool:

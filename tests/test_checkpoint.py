@@ -91,3 +91,67 @@ def test_missing_and_corrupt_exports_are_named(tmp_path):
         checkpoint.export_metadata(tmp_path / "export")
     with pytest.raises(RuntimeError, match="cannot restore params export"):
         checkpoint.load_params(tmp_path / "export", _abstract({"other": jnp.zeros(2)}))
+
+
+def _data_files(state_dir: Path) -> list[Path]:
+    return [p for p in state_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+
+
+DAMAGE = {  # ways a step's `state` item is found broken on disk (a crash, a full disk, a bad copy)
+    "data truncated": lambda s: [p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]) for p in _data_files(s)],
+    "data zero-length": lambda s: [p.write_bytes(b"") for p in _data_files(s)],
+    "data deleted": lambda s: [p.unlink() for p in _data_files(s)],
+    "_METADATA missing": lambda s: (s / "_METADATA").unlink(),
+    "_METADATA garbled": lambda s: (s / "_METADATA").write_text("{not json"),
+    "manifests deleted": lambda s: [p.unlink() for p in s.rglob("manifest.ocdbt")],
+}
+
+
+@pytest.fixture(scope="module")
+def real_train_state(tmp_path_factory):
+    """The tiny SFT config's real train state: params and optax's AdamW state (named tuples)."""
+    import pjax
+
+    config = pjax.config("configs/sft_tiny.py", workdir=str(tmp_path_factory.mktemp("real")), init_from="")
+    run = pjax.Run(config)
+    with run:
+        state = run.init()
+        abstract = run.setup.abstract_state
+    return run, state, abstract
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_newest_step_of_a_real_adamw_state_falls_back(damage, real_train_state, tmp_path, caplog):
+    """The newest step damaged on disk: the previous, intact one resumes (no false 'different train
+    state' error from the optimizer state's named tuples), the damaged one is moved aside."""
+    run, state, abstract = real_train_state
+    with run:
+        ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=3, async_save=False)
+        for step in (1, 2):
+            ckpts.save(step, state, {"step": step})
+        ckpts.close()
+        DAMAGE[damage](tmp_path / "checkpoints" / "2" / "state")
+        ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=3, async_save=False)
+        caplog.set_level(logging.WARNING, logger="pjax")
+        restored, data, source = checkpoint.resume(ckpts, "", abstract, fresh=None, with_params=None)
+        ckpts.close()
+    assert source == "checkpoint:1" and data == {"step": 1}
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (tmp_path / "checkpoints" / "corrupt-2").is_dir() and "corrupt-2" in caplog.text
+
+
+def test_a_changed_model_names_the_parameters_first(real_train_state, tmp_path):
+    """A real state of another shape: the error names the parameter that differs before the optimizer
+    state's copies of it, and a named-tuple field matches its saved dict key (no false differences)."""
+    run, state, abstract = real_train_state
+    with run:
+        ckpts = checkpoint.PhaseCheckpoints(tmp_path, keep=3, async_save=False)
+        ckpts.save(1, state, {"step": 1})
+        assert ckpts.structure_mismatch(1, abstract) == ""  # the same state: nothing differs
+        wider = jax.tree.map(lambda x: x, abstract)
+        emb = wider["params"]["embed"]
+        wider["params"]["embed"] = jax.ShapeDtypeStruct((emb.shape[0], emb.shape[1] * 2), emb.dtype)
+        mismatch = ckpts.structure_mismatch(1, wider)
+        ckpts.close()
+    assert mismatch.startswith("['params']['embed']: shape"), mismatch
