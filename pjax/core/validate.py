@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ml_collections import ConfigDict
@@ -20,8 +21,15 @@ def validate_common(config: ConfigDict) -> None:
             raise ValueError(f"train.{key}={config.train[key]} must be positive")
     for key, value in (("loss.beta", config.loss.beta), ("optim.lr", config.optim.lr),
                        ("generate.max_new_tokens", config.generate.max_new_tokens)):
-        if value <= 0:
-            raise ValueError(f"{key}={value} must be positive")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{key}={value} must be a finite positive number")
+    o = config.optim
+    for key in ("weight_decay", "eps", "grad_clip", "min_lr_ratio"):
+        if not math.isfinite(o[key]) or o[key] < 0:
+            raise ValueError(f"optim.{key}={o[key]} must be a finite number >= 0")
+    for key in ("b1", "b2"):
+        if not 0.0 <= o[key] < 1.0:
+            raise ValueError(f"optim.{key}={o[key]} must lie in [0, 1)")
     if config.train.keep_every < 0:
         raise ValueError(f"train.keep_every={config.train.keep_every} must be >= 0 (0 = keep only the latest)")
     if config.train.keep_every % config.train.save_every:
