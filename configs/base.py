@@ -124,6 +124,9 @@ def get_config() -> ConfigDict:
         save_every=100,
         keep_checkpoints=3,  # the latest N ...
         keep_every=0,  # ... plus every M-th step's (0 = none)
+        # keys a resumed run may change on purpose (e.g. ("optim.lr",)); any other change of the model,
+        # objective, algorithm, data or optimizer stops it at start-up (pjax.config_io.RESUME_COMPARED)
+        resume_changes=(),
         grad_accum=1,  # micro-batches per step: batch_size rows in grad_accum passes of batch_size/grad_accum
         async_checkpoint=True,
         progress=True,

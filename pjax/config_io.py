@@ -65,6 +65,54 @@ def load_run_config(path: str | os.PathLike) -> ConfigDict:
     return config
 
 
+# What a resumed run compares with the config its checkpoints were written with: these sections ...
+RESUME_COMPARED = ("phase", "seed", "init_from", "import_from", "model", "loss", "online", "reward", "optim",
+                   "data", "train.batch_size", "train.grad_accum")
+# ... except these keys, which change how a run computes or reports, not what it trains
+RESUME_SAFE = ("model.remat", "model.scan_layers", "model.attention", "data.cache_dir", "data.layout",
+               "data.pack_len", "data.precompute_ref", "data.tfds_data_dir")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, (dict, ConfigDict)):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def resume_changes(saved: ConfigDict, config: ConfigDict, allowed: tuple[str, ...] = ()) -> list[str]:
+    """`key: old -> new` for every training-relevant key (`RESUME_COMPARED`, less `RESUME_SAFE` and
+    `allowed`) whose value differs between the config a run's checkpoints were written with and this one."""
+    old, new = _flat(json.loads(config_json(saved))), _flat(json.loads(config_json(config)))
+    skip = RESUME_SAFE + tuple(allowed)
+
+    def compared(key: str) -> bool:
+        under = lambda names: any(key == n or key.startswith(n + ".") for n in names)  # noqa: E731
+        return under(RESUME_COMPARED) and not under(skip)
+
+    keys = sorted(k for k in set(old) | set(new) if compared(k))
+    missing = "(not set)"
+    return [f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in keys
+            if old.get(k, missing) != new.get(k, missing)]
+
+
+def check_resume_config(workdir: str | os.PathLike, config: ConfigDict, has_checkpoint: bool) -> None:
+    """A run about to resume its own checkpoint must train what they were written with: a change of the
+    model, objective, algorithm, data or optimizer stops it, naming every key with its old and new value
+    (`train.resume_changes` lists keys that may change on purpose, e.g. `("optim.lr",)`)."""
+    path = Path(workdir) / CONFIG_FILE
+    if not has_checkpoint or not path.exists():
+        return
+    changes = resume_changes(load_run_config(path), config, tuple(config.train.resume_changes))
+    if changes:
+        raise ValueError(f"{workdir} holds checkpoints of a run with another config; this one changes "
+                         f"{len(changes)} key(s): " + "; ".join(changes[:8]) + ("; ..." if len(changes) > 8 else "")
+                         + ". Use the config they were written with, a new workdir, or list the keys in "
+                         "train.resume_changes to change them on purpose")
+
+
 def find_key(cfg: ConfigDict, dotted: str) -> tuple[ConfigDict, str]:
     """(the section holding `dotted`, its last name) of an existing key, e.g. `loss.beta`; a KeyError
     names the first part that does not exist."""

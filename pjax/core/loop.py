@@ -84,6 +84,9 @@ def run_phase(config: ConfigDict, spec: PhaseSpec) -> dict[str, Any]:
     distributed.initialize(config)
     workdir = Path(config.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    has_checkpoint = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    config_io.check_resume_config(workdir, config, has_checkpoint)  # before config.json is replaced
+    distributed.barrier("pjax-resume-config-checked")
     if distributed.is_leader():
         config_io.save_run_config(workdir, config)  # rerun: --config=pjax/config_io.py:<workdir>
         runinfo.write_run_info(workdir, config)  # one entry per start: versions, commit, command, host

@@ -2,7 +2,9 @@
 be there, a resumed phase keeps the parent it started from, and a reward model takes an SFT export's
 backbone under a fresh head (a partial restore)."""
 
+import copy
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -53,7 +55,7 @@ def test_resume_refuses_a_changed_parent_export(tiny_configs):
     with pytest.raises(ValueError, match="differs from the parent export this run started from"):
         pjax.train(dpo)
     dpo.init_from = ""
-    with pytest.raises(ValueError, match="init_from=''"):
+    with pytest.raises(ValueError, match=r"holds checkpoints of a run with another config; .*init_from: '.*' -> ''"):
         pjax.train(dpo)
 
 
@@ -117,3 +119,37 @@ def test_an_imported_checkpoint_is_the_start_and_the_reference(tiny_configs, sft
     out = pjax.train(dpo)
     assert out["source"] == f"import:{dpo.import_from}"
     assert out["history"][0]["loss"] == pytest.approx(np.log(2.0), abs=1e-6)  # policy == reference at step 0
+
+
+@pytest.mark.parametrize("change, key", [
+    (("loss", "name", "ipo"), "loss.name: 'dpo' -> 'ipo'"),
+    (("loss", "beta", 0.5), "loss.beta: 0.1 -> 0.5"),
+    (("model", "n_layers", 3), "model.n_layers: 2 -> 3"),
+    (("optim", "lr", 1e-4), "optim.lr:"),
+])
+def test_a_resumed_run_with_a_changed_objective_or_model_stops_naming_the_key(tiny_configs, sft_export, change, key):
+    """The DPO run's checkpoints were written with one config; resuming them with a changed objective,
+    model or optimizer stops at start-up naming the key with its old and new value, and writes nothing;
+    a safe change (more steps, another attention kernel) resumes, and `train.resume_changes` allows one."""
+    _, dpo = tiny_configs
+    dpo.init_from, dpo.train.steps = str(sft_export), 2
+    pjax.train(dpo)
+    saved = (Path(dpo.workdir) / "config.json").read_text()
+    section, name, value = change
+    changed = copy.deepcopy(dpo)
+    changed.train.steps = 3
+    changed[section][name] = value
+    with pytest.raises(ValueError, match=re.escape(key)):
+        pjax.train(changed)
+    assert (Path(dpo.workdir) / "config.json").read_text() == saved  # the record of the run is kept
+    if change[:2] == ("optim", "lr"):
+        changed.train.resume_changes = ("optim.lr",)
+        assert pjax.train(changed)["source"] == "checkpoint:2"
+
+
+def test_safe_changes_resume(tiny_configs, sft_export):
+    _, dpo = tiny_configs
+    dpo.init_from, dpo.train.steps = str(sft_export), 2
+    pjax.train(dpo)
+    dpo.train.steps, dpo.model.attention, dpo.train.log_every = 3, "xla", 1
+    assert pjax.train(dpo)["source"] == "checkpoint:2"
