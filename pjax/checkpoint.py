@@ -1,8 +1,9 @@
 """Orbax checkpoints, one directory per phase.
 
 A phase directory holds `checkpoints/` (full train state: params, optimizer state, step, RNG, and
-the data position; async saves, the latest N kept plus every M-th; a checkpoint that does not read
-back is moved aside and the previous one used) and `export/` (params only, plus `pjax.json` metadata) that the next phase
+the data position; async saves, the latest N kept plus every M-th; each step's files checksummed once
+on disk and checked before a restore; a checkpoint that fails the check or does not read back is moved
+aside and the previous one used) and `export/` (params only, plus `pjax.json` metadata) that the next phase
 initialises from. `resume` implements the resume order: own checkpoint, then the parent export, then
 a fresh initialisation, and says which in the log.
 """
@@ -10,6 +11,7 @@ a fresh initialisation, and says which in the log.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ from pjax.models.llama import LlamaConfig
 log = logging.getLogger("pjax")
 
 EXPORT_METADATA = "pjax.json"
+CHECKSUMS = "pjax_checksums.json"  # in each saved step: SHA-256 of its files, checked before a restore
 
 
 def _abs(path: str | os.PathLike) -> Path:
@@ -49,6 +52,7 @@ class PhaseCheckpoints:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None,
                                                enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        self._unsealed: list[int] = []  # saved steps whose checksums are not written yet
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -57,11 +61,53 @@ class PhaseCheckpoints:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data: dict[str, Any], *, force: bool = False) -> None:
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        data=ocp.args.JsonSave(data)), force=force)
+        """Save `step` (asynchronously if so configured). Its files' checksums are written once it is
+        on disk: before the next save starts, or at `wait` / `close`."""
+        self._seal()
+        saved = self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                data=ocp.args.JsonSave(data)), force=force)
+        if saved:
+            self._unsealed.append(step)
+
+    def _seal(self) -> None:
+        """Write `CHECKSUMS` (SHA-256 of every file) into each saved step that has none yet."""
+        if not self._unsealed:
+            return
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            for step in self._unsealed:
+                directory = self.directory / str(step)
+                if directory.is_dir():  # not already rotated away
+                    _write_json(directory / CHECKSUMS, _file_digests(directory))
+        self._unsealed = []
+        distributed.barrier("pjax-checkpoint-sealed")
+
+    def verify(self, step: int) -> None:
+        """Raise `CorruptCheckpoint` naming the first file of `step` whose bytes differ from its
+        checksum (or that is missing). A step saved without checksums (older pjax; the process died
+        before they were written) is not checked."""
+        directory = self.directory / str(step)
+        path = directory / CHECKSUMS
+        if not path.exists():
+            log.info("checkpoint %s has no %s: its bytes are not verified", directory, CHECKSUMS)
+            return
+        try:
+            want = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CorruptCheckpoint(f"checkpoint {directory}: unreadable {CHECKSUMS} ({e})") from e
+        have = _file_digests(directory)
+        for name, digest in sorted(want.items()):
+            if name not in have:
+                raise CorruptCheckpoint(f"checkpoint {directory}: {name} is missing")
+            if have[name] != digest:
+                raise CorruptCheckpoint(f"checkpoint {directory}: {name} does not match its checksum "
+                                        "(its bytes changed after it was saved)")
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """(state, data position) of `step`, the arrays with the shardings of `abstract_state`."""
+        """(state, data position) of `step`, the arrays with the shardings of `abstract_state`, after
+        checking the step's files against their checksums."""
+        self._seal()
+        self.verify(step)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -142,10 +188,25 @@ class PhaseCheckpoints:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        self._seal()
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        self._seal()
         self.manager.close()
+
+
+def _file_digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under `directory` (the checksum file itself aside), by relative path."""
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name != CHECKSUMS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[str(path.relative_to(directory))] = digest.hexdigest()
+    return out
 
 
 def _flat_by_path(tree: Any) -> dict[tuple[str, ...], Any]:

@@ -77,7 +77,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     # no checkpoint reads back: an error naming the newest, not a silent fresh start, and nothing moved
     _damage(tmp_path / "checkpoints" / "1")
     _damage(tmp_path / "checkpoints" / "2")
-    with pytest.raises(checkpoint.CorruptCheckpoint, match="cannot restore checkpoint .*checkpoints/2"):
+    with pytest.raises(checkpoint.CorruptCheckpoint, match=r"checkpoints/2: state/d/.* does not match its checksum"):
         checkpoint.resume(ckpts, "", abstract, fresh=None, with_params=None)
     assert ckpts.all_steps() == [1, 2]
 
@@ -97,7 +97,23 @@ def _data_files(state_dir: Path) -> list[Path]:
     return [p for p in state_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
 
 
+def _flip_a_byte(state_dir: Path) -> None:
+    path = max(_data_files(state_dir), key=lambda p: p.stat().st_size)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def _garbage_4k(state_dir: Path) -> None:
+    path = max(_data_files(state_dir), key=lambda p: p.stat().st_size)
+    raw = bytearray(path.read_bytes())
+    raw[:4096] = np.random.default_rng(0).integers(0, 256, min(4096, len(raw)), dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(raw))
+
+
 DAMAGE = {  # ways a step's `state` item is found broken on disk (a crash, a full disk, a bad copy)
+    "a flipped byte": _flip_a_byte,  # orbax restores these two without complaint: the checksums catch them
+    "4 KB of garbage": _garbage_4k,
     "data truncated": lambda s: [p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]) for p in _data_files(s)],
     "data zero-length": lambda s: [p.write_bytes(b"") for p in _data_files(s)],
     "data deleted": lambda s: [p.unlink() for p in _data_files(s)],
