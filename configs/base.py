@@ -127,6 +127,11 @@ def get_config() -> ConfigDict:
         # keys a resumed run may change on purpose (e.g. ("optim.lr",)); any other change of the model,
         # objective, algorithm, data or optimizer stops it at start-up (pjax.config_io.RESUME_COMPARED)
         resume_changes=(),
+        # explosion guards (0 = off): a step whose update moves the weights by more than this times their
+        # norm, or whose gradient norm is over grad_spike x the median of the steps before, stops the run
+        # unsaved as a non-finite one does, so the last checkpoint is a good one
+        max_update_ratio=1.0,
+        grad_spike=0.0,
         grad_accum=1,  # micro-batches per step: batch_size rows in grad_accum passes of batch_size/grad_accum
         async_checkpoint=True,
         progress=True,

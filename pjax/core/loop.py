@@ -121,13 +121,27 @@ def start_unit(state: State, steps_per_unit: int, ckpts: checkpoint.PhaseCheckpo
     return start
 
 
-def first_nonfinite(fetched: list[tuple[int, int, dict[str, float]]]) -> tuple[int, int, list[str]] | None:
-    """(unit, step, names) of the first optimizer step whose loss, gradient norm or updated params are not
-    finite, with every other non-finite metric of that step named too."""
+def first_nonfinite(fetched: list[tuple[int, int, dict[str, float]]], max_update_ratio: float = 0.0,
+                    grad_spike: float = 0.0, recent_grad_norms: list[float] | None = None
+                    ) -> tuple[int, int, list[str]] | None:
+    """(unit, step, names) of the first optimizer step that is not good: its loss, gradient norm or
+    updated params are not finite (every other non-finite metric of that step named too), or it
+    exploded: its update moved the weights by more than `max_update_ratio` times their norm, or its
+    gradient norm is over `grad_spike` times the median of the (up to 100) steps before it
+    (`recent_grad_norms`, extended in place; a spike is judged after 10 of them). 0 turns a guard off."""
+    recent = [] if recent_grad_norms is None else recent_grad_norms
     for unit, step, metrics in fetched:
         if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"]) and metrics["params_finite"]):
             names = sorted(k for k, v in metrics.items() if not np.isfinite(v))
             return unit, step, names + ([] if metrics["params_finite"] else ["params (after the update)"])
+        ratio = metrics.get("update_ratio", 0.0)
+        if max_update_ratio and ratio > max_update_ratio:
+            return unit, step, [f"update_ratio={ratio:.3g} (> train.max_update_ratio={max_update_ratio})"]
+        if grad_spike and len(recent) >= 10 and metrics["grad_norm"] > grad_spike * float(np.median(recent)):
+            return unit, step, [f"grad_norm={metrics['grad_norm']:.3g} (> train.grad_spike={grad_spike} x the "
+                                f"median {float(np.median(recent)):.3g} of the steps before)"]
+        recent.append(metrics["grad_norm"])
+        del recent[:-100]
     return None
 
 
@@ -148,6 +162,7 @@ def run_loop(setup: Setup, state: State, body: Body, *, ckpts: checkpoint.PhaseC
         progress = tqdm(total=total, initial=start, desc=config.phase, dynamic_ncols=True,
                         disable=None)  # None: shown on a terminal, silent in logs
     pending: list[tuple[int, Unit]] = []
+    recent_grad_norms: list[float] = []
     tokens, t0, preempted = 0, time.perf_counter(), False
     try:
         for index in range(start, total):
@@ -167,7 +182,7 @@ def run_loop(setup: Setup, state: State, body: Body, *, ckpts: checkpoint.PhaseC
             fetched = [(n, [{k: float(v) for k, v in m.items()} for m in steps], host) for n, steps, host in fetched]
             pending = []
             flat = [(n, (n - 1) * per_unit + i + 1, m) for n, steps, _ in fetched for i, m in enumerate(steps)]
-            bad = first_nonfinite(flat)
+            bad = first_nonfinite(flat, tc.max_update_ratio, tc.grad_spike, recent_grad_norms)
             if bad is not None:
                 _stop_nonfinite(ckpts, body.name, bad, dict(((n, s), m) for n, s, m in flat)[bad[:2]], per_unit)
             tokens += sum(int(m["batch_tokens"]) for n, steps, _ in fetched if n > start + 1 for m in steps)
@@ -214,8 +229,9 @@ def _stop_nonfinite(ckpts: checkpoint.PhaseCheckpoints, unit_name: str, bad: tup
     last = f"{unit_name} {last} in {ckpts.directory}" if last is not None else "none yet"
     unit, step, names = bad
     where = f"{unit_name} {unit}" + (f" (optimizer step {step})" if per_unit > 1 else "")
+    what = "exploding" if names and "(>" in names[0] else "non-finite"
     raise FloatingPointError(
-        f"non-finite {', '.join(names)} at {where}: stopped without saving. Last good checkpoint: {last} (a rerun "
+        f"{what} {', '.join(names)} at {where}: stopped without saving. Last good checkpoint: {last} (a rerun "
         f"resumes there; lower optim.lr or check the data). Metrics of that step: {metrics}")
 
 

@@ -87,7 +87,10 @@ class TrainStep:
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         finite = jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]).all()
+        # how far this step moved the weights, relative to their size (the explosion guard reads it)
+        update_ratio = optax.tree.norm(updates) / jnp.maximum(optax.tree.norm(state["params"]), 1e-12)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr(state["step"]),
+                   "update_ratio": update_ratio,
                    "batch_tokens": batch["mask"].sum(), "params_finite": finite.astype(jnp.float32)}
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": rng,

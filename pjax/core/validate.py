@@ -30,6 +30,9 @@ def validate_common(config: ConfigDict) -> None:
     for key in ("b1", "b2"):
         if not 0.0 <= o[key] < 1.0:
             raise ValueError(f"optim.{key}={o[key]} must lie in [0, 1)")
+    for key in ("max_update_ratio", "grad_spike"):
+        if not math.isfinite(config.train[key]) or config.train[key] < 0:
+            raise ValueError(f"train.{key}={config.train[key]} must be a finite number >= 0 (0 = off)")
     if config.train.keep_every < 0:
         raise ValueError(f"train.keep_every={config.train.keep_every} must be >= 0 (0 = keep only the latest)")
     if config.train.keep_every % config.train.save_every:

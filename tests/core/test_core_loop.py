@@ -45,6 +45,7 @@ def test_non_finite_state_is_never_saved(tiny_configs):
     sft.optim.grad_clip = 0.0
     sft.train.steps, sft.train.log_every, sft.train.save_every = 6, 100, 3
     sft.train.async_checkpoint = False
+    sft.train.max_update_ratio = 0.0  # the explosion guard off: only non-finite values stop the run
     ckdir = Path(sft.workdir) / "checkpoints"
     with pytest.raises(FloatingPointError, match=r"non-finite .*grad_norm.* at step 2: stopped without saving\. "
                                                  r"Last good checkpoint: none yet"):
@@ -55,3 +56,30 @@ def test_non_finite_state_is_never_saved(tiny_configs):
         pjax.train(sft)
     assert sorted(int(p.name) for p in ckdir.iterdir() if p.name.isdigit()) == [1]
     assert not (Path(sft.workdir) / "export").exists()  # a stopped phase hands nothing on
+
+
+def test_an_exploding_update_is_never_the_last_good_checkpoint(tiny_configs):
+    """lr 1e30 with the explosion guard on (the default): step 1's update moves the weights by ~1e30
+    times their norm, so the run stops at step 1 and saves nothing, although every value is finite."""
+    sft, _ = tiny_configs
+    sft.optim.lr, sft.optim.grad_clip = 1e30, 0.0
+    sft.train.steps, sft.train.log_every, sft.train.save_every, sft.train.async_checkpoint = 4, 100, 1, False
+    with pytest.raises(FloatingPointError, match=r"exploding update_ratio=.* \(> train.max_update_ratio=1.0\) at step 1: "
+                                                 r"stopped without saving\. Last good checkpoint: none yet"):
+        pjax.train(sft)
+    ckdir = Path(sft.workdir) / "checkpoints"
+    assert not ckdir.exists() or not any(p.name.isdigit() for p in ckdir.iterdir())
+
+
+def test_guards_read_the_update_ratio_and_a_grad_norm_spike():
+    ok = {"loss": 1.0, "grad_norm": 1.0, "params_finite": 1.0, "update_ratio": 1e-3}
+    steps = [(i, i, dict(ok)) for i in range(1, 13)]
+    assert loop.first_nonfinite(steps, max_update_ratio=1.0, grad_spike=50.0) is None
+    steps.append((13, 13, {**ok, "grad_norm": 60.0}))  # 60x the median of the 12 steps before
+    assert loop.first_nonfinite(steps, 1.0, 0.0) is None  # spike guard off
+    unit, step, names = loop.first_nonfinite(steps, 1.0, 50.0)
+    assert (unit, step) == (13, 13) and names[0].startswith("grad_norm=60 (> train.grad_spike=50.0")
+    assert loop.first_nonfinite(steps[:3], 1.0, 2.0) is None  # a spike needs 10 steps of history
+    big = [(1, 1, {**ok, "update_ratio": 2.0})]
+    assert loop.first_nonfinite(big, 1.0)[2] == ["update_ratio=2 (> train.max_update_ratio=1.0)"]
+    assert loop.first_nonfinite(big, 0.0) is None
