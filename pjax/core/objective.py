@@ -78,7 +78,7 @@ def make_loss_fn(config: ConfigDict, model_def: models.ModelDef, temperature: fl
                          kl_mask=batch["kl_completion_mask"][..., 1:])
             if needs_ref:
                 extra["kl_ref_logps"] = reference(ref_params, batch, "kl_")
-        inputs = LossInputs(policy_logps=policy, mask=batch["completion_mask"][..., 1:],
+        inputs = LossInputs(policy_logps=policy, mask=batch["completion_mask"][..., 1:], token_mask=batch["mask"][..., 1:],
                             ref_logps=reference(ref_params, batch) if needs_ref else None,
                             labels=batch.get("labels"), scores=batch.get("scores"),
                             policy_log_sum_p2=log_sum_p2, state=loss_state, **extra)

@@ -14,6 +14,7 @@ DEFAULTS = dict(
     discopop_tau=0.05,
     simpo_gamma=0.5,  # SimPO / CPO-SimPO target margin
     cpo_alpha=1.0,  # CPO: weight of the chosen NLL
+    orpo_nll_on_prompt=False,  # ORPO: the chosen NLL over the completion (paper) | prompt + completion (TRL)
     desirable_weight=1.0,  # KTO / BCO
     undesirable_weight=1.0,
     pro_sft_weight=1.0,  # PRO: weight of the top response's NLL

@@ -7,9 +7,12 @@ modifiers read from the `config.loss` section:
 
 * `ld_alpha` (LD-DPO): l = sum over the first min(n_c, n_r) completion tokens + ld_alpha * sum over the
   rest, for policy and reference alike (1 = plain sums).
-* `f_divergence` / `f_alpha` (f-DPO): the score s(rho) that TRL feeds to the losses that use a score:
-  reverse_kl s = rho; forward_kl s = -exp(-rho); js_divergence s = log sigmoid(rho); alpha_divergence
-  s = exp(min((a-1) rho, 80)) / (a-1), with a = 1 falling back to reverse_kl. Delta = s(rho_c) - s(rho_r).
+* `f_divergence` / `f_alpha` (f-DPO): the score s(rho) = f'(e^rho) that TRL 1.16 feeds to the losses
+  that use a score: reverse_kl s = rho; forward_kl s = 1 - exp(-rho); js_divergence s = log 2 +
+  log sigmoid(rho); alpha_divergence s = (exp(min((a-1) rho, 80)) - 1) / (a-1), with a = 1 falling back to
+  reverse_kl. Delta = s(rho_c) - s(rho_r). TRL 1.16 accepts a non-reverse-KL divergence only for sigmoid,
+  sigmoid_norm, hinge, ipo, exo_pair, robust, discopop (and sft) and raises for the others; pjax applies
+  s(rho) wherever an objective reads the score (nca_pair, bco_pair, sppo_hard, apo_down: an extension).
 * `use_weighting` (WPO): the per-pair loss is multiplied by w_c * w_r, w = exp(mean over completion tokens
   of [log p_t - log sum_v p(v)^2]) (detached, no clamp), from `LossInputs.policy_log_sum_p2`.
 
@@ -69,18 +72,19 @@ def pair_logratios(inputs: LossInputs, ld_alpha: float = 1.0
 
 
 def f_score(rho: jnp.ndarray, f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> jnp.ndarray:
-    """TRL's f-divergence score s(rho) (f-DPO), elementwise."""
+    """TRL 1.16's f-divergence score s(rho) = f'(e^rho) (f-DPO), elementwise, constants included: they
+    cancel in s(rho_c) - s(rho_r) but not once each side is divided by its length (`sigmoid_norm`, `ipo`)."""
     if f_divergence == "reverse_kl":
         return rho
-    if f_divergence == "forward_kl":
-        return -jnp.exp(-rho)
-    if f_divergence == "js_divergence":
-        return jax.nn.log_sigmoid(rho)
-    if f_divergence == "alpha_divergence":
+    if f_divergence == "forward_kl":  # f'(t) = 1 - 1/t
+        return 1.0 - jnp.exp(-rho)
+    if f_divergence == "js_divergence":  # f'(t) = log(2t / (t + 1))
+        return jnp.log(2.0) + jax.nn.log_sigmoid(rho)
+    if f_divergence == "alpha_divergence":  # f'(t) = (t^(a-1) - 1) / (a - 1)
         if abs(f_alpha - 1.0) < 1e-6:  # the limit a -> 1 is reverse KL
             return rho
         clamp = 11.0 if rho.dtype == jnp.float16 else 80.0  # TRL: exp(.) stays representable
-        return jnp.exp(jnp.minimum((f_alpha - 1.0) * rho, clamp)) / (f_alpha - 1.0)
+        return (jnp.exp(jnp.minimum((f_alpha - 1.0) * rho, clamp)) - 1.0) / (f_alpha - 1.0)
     raise ValueError(f"loss.f_divergence={f_divergence!r} is not one of {list(F_DIVERGENCES)}")
 
 

@@ -159,15 +159,17 @@ def cpo_loss(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
 @register("orpo", data_shape="PAIR [B,2,T]", needs_reference=False,
           paper="ORPO: Monolithic Preference Optimization without Reference Model (Hong et al., 2024)")
 def orpo_loss(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
-    """ORPO as TRL's ORPOTrainer; λ is `beta`.
+    """ORPO (Hong et al., 2024); λ is `beta`.
 
     logodds = (ℓ̄_c - ℓ̄_r) - (log(1 - e^{ℓ̄_c}) - log(1 - e^{ℓ̄_r})),   (averaged log-probs, >= fp32)
     L = NLL_c - β * mean_b log σ(logodds),
 
-    NLL_c the token-mean NLL over all chosen completion tokens of the batch (as TRL).
-    Difference from TRL: log(1 - e^x) is computed stably (log(-expm1 x) for x > -ln 2, else
-    log1p(-e^x)); TRL uses log1p(-exp(x)) directly, which loses precision as ℓ̄ -> 0. Like TRL,
-    a row with ℓ̄ = 0 (probability 1, or no scored token) gives an infinite log-odds.
+    NLL_c the token-mean NLL of the chosen rows over the batch: over their completion tokens (the paper's
+    SFT term; default), or with `loss.orpo_nll_on_prompt=True` over every real token, prompt included,
+    as TRL 1.16's ORPOTrainer does for decoder-only models (its labels are the whole input). The log-odds
+    term is TRL's; log(1 - e^x) is computed stably, as TRL 1.16 also does (log(-expm1 x) for
+    x > -ln 2, else log1p(-e^x)). Like TRL, a row with ℓ̄ = 0 (probability 1, or no scored token)
+    gives an infinite log-odds.
 
     Metrics (TRL's ORPO): rewards = β ℓ̄ (averaged log-probs), `logps/*` averaged, `nll` (TRL:
     `nll_loss`), `log_odds_ratio` = mean log σ(logodds), `log_odds_chosen` = mean logodds.
@@ -176,7 +178,12 @@ def orpo_loss(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     _, avg, _ = seq_logps(inputs.policy_logps, inputs.mask)
     log_odds = (avg[:, 0] - avg[:, 1]) - (log1mexp(avg[:, 0]) - log1mexp(avg[:, 1]))
     ratio = jax.nn.log_sigmoid(log_odds)
+    on_prompt = option(cfg, "orpo_nll_on_prompt")
     nll = chosen_nll(inputs)
+    if inputs.token_mask is not None:
+        nll = jnp.where(on_prompt, chosen_nll(inputs.replace(mask=inputs.token_mask)), nll)
+    elif on_prompt is True:
+        raise ValueError("loss.orpo_nll_on_prompt=True needs LossInputs.token_mask (every real token); it is None")
     loss = nll - cfg.beta * ratio.mean()
     metrics = pair_metrics(cfg.beta, avg, avg)
     metrics.update({

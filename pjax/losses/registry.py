@@ -38,6 +38,7 @@ class LossInputs:
     state: Optional[dict] = None  # running state of stateful objectives (e.g. BCO's reward shift)
     rewards: Optional[Array] = None  # reward-model objectives: scalar-head outputs, [B, 2] for PAIR
     margins: Optional[Array] = None  # PAIR reward models: [B] per-pair margin m (TRL's `margin` column)
+    token_mask: Optional[Array] = None  # same shape: 1 on every real scored token, prompt included (ORPO, as TRL)
 
 
 # fn(inputs, cfg) -> (loss, metrics); a stateful objective returns (loss, metrics, new_state).

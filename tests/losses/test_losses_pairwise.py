@@ -46,16 +46,17 @@ def np_token_weights(mask, ld_alpha):
 
 
 def np_score(rho, div, a):
+    """TRL 1.16 (`DPOTrainer.dpo_loss`): the f-divergence's f'(t) at t = e^rho, constants included."""
     if div == "reverse_kl":
         return rho
     if div == "forward_kl":
-        return -np.exp(-rho)
+        return 1.0 - np.exp(-rho)
     if div == "js_divergence":
-        return logsig(rho)
+        return np.log(2.0) + logsig(rho)
     assert div == "alpha_divergence"
     if a == 1.0:
         return rho
-    return np.exp(np.minimum((a - 1.0) * rho, 80.0)) / (a - 1.0)
+    return (np.exp(np.minimum((a - 1.0) * rho, 80.0)) - 1.0) / (a - 1.0)
 
 
 def np_wpo(pol, lsp2, mask):

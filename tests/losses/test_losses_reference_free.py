@@ -183,6 +183,25 @@ def test_cpo_without_nll_is_reference_free_dpo():
     np.testing.assert_allclose(value, np.mean(np.log1p(np.exp(-beta * (total[:, 0] - total[:, 1])))), rtol=1e-12)
 
 
+def test_orpo_nll_on_prompt_is_trls_whole_input_nll():
+    """`loss.orpo_nll_on_prompt=True`: the chosen NLL over every real token (TRL 1.16's ORPOTrainer: its
+    labels are the whole input of a decoder-only model), the log-odds term over the completion."""
+    lp, completion = _random(3, (5, 2, 7))
+    real = np.maximum(completion, np.random.default_rng(4).random(completion.shape) < 0.5).astype(completion.dtype)
+
+    def ref(p):
+        _, avg = _np_seq(p, completion)
+        c, r = avg[:, 0], avg[:, 1]
+        log_odds = (c - r) - (np.log(1 - np.exp(c)) - np.log(1 - np.exp(r)))
+        return _np_nll_chosen(p, real) - 0.3 * np.mean(_np_log_sigmoid(log_odds))
+
+    value, _, _ = _run("orpo", lp, completion, _cfg(beta=0.3, orpo_nll_on_prompt=True), token_mask=real)
+    np.testing.assert_allclose(value, ref(lp), rtol=1e-6)
+    assert (real > completion).any()  # the prompt's tokens count: the comparison is not the default's
+    default, _, _ = _run("orpo", lp, completion, _cfg(beta=0.3), token_mask=real)
+    assert abs(default - value) > 1e-3
+
+
 def test_orpo_equal_pair_and_stable_log1mexp():
     lp, mask = _random(8, (3, 2, 5))
     same = np.stack([lp[:, 0], lp[:, 0]], 1)
