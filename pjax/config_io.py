@@ -21,6 +21,8 @@ from configs import base
 log = logging.getLogger("pjax")
 
 CONFIG_FILE = "config.json"
+ALLOW_SAVED_PYTHON = "PJAX_ALLOW_SAVED_PYTHON_REWARD"  # =1: a saved config's python: reward may be imported
+REFUSED = "refused-from-saved-config:"  # the prefix load_run_config gives a saved python: reward
 
 
 def config_json(config: ConfigDict) -> str:
@@ -62,6 +64,10 @@ def load_run_config(path: str | os.PathLike) -> ConfigDict:
     _overlay(config, saved, "", missing, str(path))
     if missing:
         log.warning("%s predates config keys %s: they keep their defaults", path, ", ".join(missing))
+    reward = str(config.online.reward)
+    if reward.startswith("python:") and os.environ.get(ALLOW_SAVED_PYTHON) != "1":
+        # code named in a file, which may be someone else's: not imported unless the user says so
+        config.online.reward = f"{REFUSED}{reward}"
     return config
 
 
@@ -105,7 +111,9 @@ def check_resume_config(workdir: str | os.PathLike, config: ConfigDict, has_chec
     path = Path(workdir) / CONFIG_FILE
     if not has_checkpoint or not path.exists():
         return
-    changes = resume_changes(load_run_config(path), config, tuple(config.train.resume_changes))
+    saved = load_run_config(path)
+    saved.online.reward = str(saved.online.reward).removeprefix(REFUSED)  # compared, never imported here
+    changes = resume_changes(saved, config, tuple(config.train.resume_changes))
     if changes:
         raise ValueError(f"{workdir} holds checkpoints of a run with another config; this one changes "
                          f"{len(changes)} key(s): " + "; ".join(changes[:8]) + ("; ..." if len(changes) > 8 else "")

@@ -215,7 +215,13 @@ class HFDiskSource(RowSource):
             self.name = f"{self.name}[{split}]"
         state = path / "state.json"
         if state.is_file():
-            files = [path / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+            listed = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+            root = path.resolve()
+            for name in listed:  # an absolute path, `..` or a link out of the directory
+                if root not in (path / name).resolve().parents:
+                    raise ValueError(f"{state}: lists {name!r}, outside the dataset directory; a dataset may "
+                                     "only read its own files")
+            files = [path / name for name in listed]
         else:
             files = sorted(path.glob("data-*.arrow"))
         if not files:

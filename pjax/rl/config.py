@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from pjax import config_io
 from pjax.losses import online as ol
 from pjax.rl import algorithms
 
@@ -30,6 +31,11 @@ def validate(config: ConfigDict) -> None:
                          f"iteration (online.prompts_per_iteration x online.samples_per_prompt)")
     if o.temperature <= 0:
         raise ValueError(f"online.temperature={o.temperature} must be positive (sampling, and log-probs at logits / T)")
+    if o.reward.startswith(config_io.REFUSED):
+        spec = o.reward[len(config_io.REFUSED):]
+        raise ValueError(f"online.reward={spec!r} comes from a saved config.json, and importing the code it names "
+                         f"runs whatever that module holds: pass --config.online.reward={spec} yourself, or set "
+                         f"{config_io.ALLOW_SAVED_PYTHON}=1 to trust the file")
     if not (o.reward in ("gold", "rm") or o.reward.startswith("python:")):
         raise ValueError(f"online.reward={o.reward!r}: expected 'gold', 'rm' or 'python:<module>:<function>'")
     if o.reward == "rm" and not config.reward.models:

@@ -5,6 +5,7 @@ import gzip
 import json
 import logging
 import pickle
+import re
 import sys
 
 import pytest
@@ -150,6 +151,20 @@ def test_datasets_dir_single_and_dict(tmp_path, monkeypatch):
     assert clone[5] == conv[5]
     with pytest.raises(ValueError, match=r"no split 'validation'; the splits are \['train', 'test'\]"):
         open_source(tmp_path / "dict", split="validation")
+
+
+@pytest.mark.parametrize("outside", ["../secret.arrow", "/etc/passwd", "link.arrow"])
+def test_datasets_dir_may_not_read_files_outside_itself(tmp_path, outside):
+    """A `state.json` naming a file outside its directory (absolute, `..`, or a link out) is refused,
+    naming the file, before anything is read."""
+    directory = tmp_path / "ds"
+    directory.mkdir()
+    (tmp_path / "secret.arrow").write_bytes(b"not yours")
+    if outside == "link.arrow":
+        (directory / "link.arrow").symlink_to(tmp_path / "secret.arrow")
+    (directory / "state.json").write_text(json.dumps({"_data_files": [{"filename": outside}]}))
+    with pytest.raises(ValueError, match=f"lists {re.escape(repr(outside))}, outside the dataset directory"):
+        open_source(directory)
 
 
 # --- hub names (error paths only: no network in tests) -------------------------------------------

@@ -55,3 +55,21 @@ def test_the_tiny_config_validates_and_counts_its_steps():
     cfg.online.algorithm, cfg.loss.name = "online_dpo", "dpo"
     assert rl_config.step_rows(cfg)[0] == 16 // 2  # one pair per prompt
     assert {"ppo", "grpo", "rloo", "online_dpo", "xpo", "raft", "nash_md"} <= set(algorithms.REGISTRY)
+
+
+def test_a_saved_python_reward_is_not_imported_unless_the_user_says_so(tmp_path, monkeypatch):
+    """A workdir's config.json may be someone else's: its `python:` reward is refused (naming the module
+    and the two ways to allow it) instead of imported; restating it on the command line, or the
+    environment flag, allows it."""
+    from pjax import config_io
+
+    cfg = grpo_tiny.get_config()
+    cfg.online.reward = "python:tests.rl.rl_helpers:count_words"
+    config_io.save_run_config(tmp_path, cfg)
+    monkeypatch.delenv(config_io.ALLOW_SAVED_PYTHON, raising=False)
+    with pytest.raises(ValueError, match=r"online.reward='python:tests.rl.rl_helpers:count_words' comes from a "
+                                         r"saved config.json.*PJAX_ALLOW_SAVED_PYTHON_REWARD=1"):
+        pjax.config(str(tmp_path))
+    pjax.validate(pjax.config(str(tmp_path), online__reward="python:tests.rl.rl_helpers:count_words"))
+    monkeypatch.setenv(config_io.ALLOW_SAVED_PYTHON, "1")
+    assert pjax.config(str(tmp_path)).online.reward == "python:tests.rl.rl_helpers:count_words"
