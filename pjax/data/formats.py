@@ -68,6 +68,7 @@ TYPES = (
 REASONS = (
     "not_json",
     "not_object",
+    "too_large",
     "missing_keys",
     "non_string",
     "empty_completion",

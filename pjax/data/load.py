@@ -62,11 +62,12 @@ def load_data(config: ConfigDict) -> Data:
         return Data(tok, arrays, heldout, loader.fingerprint(arrays), None, task)
     key = loader.fingerprint("v1", source_identity(d.path), d.split, d.format, d.tfds_data_dir, kind, d.max_len,
                                d.max_prompt_tokens, d.num_heldout, d.bad_rows, d.packing, config.seed,
-                               tokenizer_identity(config), d.chat_template)
+                               tokenizer_identity(config), d.chat_template, d.max_row_bytes)
     key = distributed.broadcast_string(key)  # process 0's: hosts may see other mount points or times
     def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         rows, bad = sources.load_records(d.path, kind, split=d.split, bad_rows=d.bad_rows,
-                                         data_dir=d.tfds_data_dir or None, format=d.format)
+                                         data_dir=d.tfds_data_dir or None, format=d.format,
+                                         max_row_bytes=d.max_row_bytes)
         numbers = list(bad.record_rows)  # the source row (line) each record came from
         found_on_reading = bad.total
         order = np.random.default_rng(config.seed).permutation(len(rows))

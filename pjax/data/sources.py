@@ -20,12 +20,14 @@ import bisect
 import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
 from pjax.data.formats import KINDS, POLICIES, BadRow, BadRowReport, to_kind
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+MAX_ROW_BYTES = 16 << 20  # JSON Lines rows over this are bad rows ("too_large"), not minutes of encoding
 HF_DIR_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 
 
@@ -98,7 +100,7 @@ class JsonlSource(RowSource):
 
     numbering = "line"
 
-    def __init__(self, path: str | os.PathLike, report: BadRowReport | None = None):
+    def __init__(self, path: str | os.PathLike, report: BadRowReport | None = None, max_row_bytes: int = MAX_ROW_BYTES):
         self.path = Path(path)
         self.name = str(path)
         self.report = report if report is not None else BadRowReport(self.name, "line")
@@ -109,7 +111,7 @@ class JsonlSource(RowSource):
         self._fd: int | None = None
         self._pid = -1
         opener = gzip.open if self._gz else open
-        offset = seen = 0
+        offset = seen = lineno = 0
         try:
             with opener(self.path, "rb") as f:
                 for lineno, raw in enumerate(f, 1):
@@ -117,6 +119,10 @@ class JsonlSource(RowSource):
                     if not raw.strip():
                         continue
                     seen += 1
+                    if max_row_bytes and len(raw) > max_row_bytes:
+                        self.report.add("too_large", lineno, f"{self.name}:{lineno}: {len(raw):,} bytes, over "
+                                        f"data.max_row_bytes={max_row_bytes:,}")
+                        continue
                     try:
                         row = json.loads(raw)
                     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
@@ -131,8 +137,9 @@ class JsonlSource(RowSource):
                         self._raw.append(raw)
                     else:
                         self._offsets.append((start, len(raw)))
-        except (OSError, EOFError) as e:
-            raise OSError(f"{self.name}: cannot read ({e})") from e
+        except (OSError, EOFError, zlib.error) as e:  # a truncated or damaged gzip stream too
+            raise OSError(f"{self.name}: cannot read it after line {lineno if seen else 0} "
+                          f"({type(e).__name__}: {e})") from e
         self.report.rows_seen += seen
 
     def __len__(self) -> int:
@@ -324,7 +331,8 @@ class TfdsSource(RowSource):
 
 
 def open_source(
-    spec: str | os.PathLike, *, split: str = "train", data_dir: str | os.PathLike | None = None
+    spec: str | os.PathLike, *, split: str = "train", data_dir: str | os.PathLike | None = None,
+    max_row_bytes: int = 0,
 ) -> tuple[RowSource, BadRowReport]:
     """The row source for `spec` (module table) and its report, holding the rows it could not
     parse (JSON Lines only) and the number of rows seen."""
@@ -343,7 +351,7 @@ def open_source(
             raise FileNotFoundError(f"{spec}: no such file or directory")
         elif path.name.endswith(JSONL_SUFFIXES):
             report = BadRowReport(spec, "line")
-            return JsonlSource(path, report), report
+            return JsonlSource(path, report, max_row_bytes or MAX_ROW_BYTES), report
         elif path.name.endswith(".parquet"):
             source = ParquetSource(path)
         else:
@@ -363,6 +371,7 @@ def load_records(
     bad_rows: str = "fail",
     data_dir: str | os.PathLike | None = None,
     format: str = "auto",
+    max_row_bytes: int = 0,
 ) -> tuple[list[dict], BadRowReport]:
     """Records of `kind` from `spec`: each row's TRL type is detected and converted
     (:func:`pjax.data.formats.to_kind`); bad rows are collected with their row numbers and the
@@ -372,7 +381,7 @@ def load_records(
         raise ValueError(f"unknown record kind {kind!r}; expected one of {sorted(KINDS)}")
     if bad_rows not in POLICIES:
         raise ValueError(f"bad_rows must be one of {POLICIES}, got {bad_rows!r}")
-    source, report = open_source(spec, split=split, data_dir=data_dir)
+    source, report = open_source(spec, split=split, data_dir=data_dir, max_row_bytes=max_row_bytes)
     records: list[dict] = []
     for i in range(len(source)):
         number, row = source.numbered(i)

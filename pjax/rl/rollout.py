@@ -35,7 +35,8 @@ def load_prompts(config: ConfigDict) -> tuple[Any, Prompts]:
     if d.path:
         tok = load.load_tokenizer(config) if d.tokenizer else tasks.build_task(config).tokenizer
         rows, _ = sources.load_records(d.path, "PROMPT", split=d.split, bad_rows=d.bad_rows,
-                                       data_dir=d.tfds_data_dir or None, format=d.format)
+                                       data_dir=d.tfds_data_dir or None, format=d.format,
+                                       max_row_bytes=d.max_row_bytes)
         texts = [r["prompt"] for r in rows]
         template = chat.resolve_template(tok, d.chat_template) if (d.chat_template or tok.chat_template) else None
         enc = batching.encode_prompts(tok, texts, d.max_prompt_len, template=template)

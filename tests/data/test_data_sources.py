@@ -153,6 +153,26 @@ def test_datasets_dir_single_and_dict(tmp_path, monkeypatch):
         open_source(tmp_path / "dict", split="validation")
 
 
+def test_a_damaged_gzip_file_is_named_with_the_line_reached(tmp_path):
+    rows = "".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(2000))
+    raw = gzip.compress(rows.encode())
+    path = tmp_path / "pairs.jsonl.gz"
+    path.write_bytes(raw[:len(raw) // 2] + bytes(64) + raw[len(raw) // 2 + 64:])  # 64 bytes zeroed mid-stream
+    with pytest.raises(OSError, match=rf"{re.escape(str(path))}: cannot read it after line \d+ \((error|BadGzipFile)"):
+        open_source(path)
+
+
+def test_an_oversized_row_is_a_bad_row_not_minutes_of_encoding(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    big = {"prompt": "x" * 5000, "chosen": "a", "rejected": "b"}
+    path.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n" + json.dumps(big) + "\n")
+    with pytest.raises(ValueError, match=r"too_large: 1 \(lines 2\).*over data.max_row_bytes=4,096"):
+        load_records(path, "PAIR", max_row_bytes=4096)
+    records, report = load_records(path, "PAIR", bad_rows="skip", max_row_bytes=4096)
+    assert len(records) == 1 and report.counts == {"too_large": 1}
+    assert len(load_records(path, "PAIR")[0]) == 2  # under the default limit
+
+
 @pytest.mark.parametrize("outside", ["../secret.arrow", "/etc/passwd", "link.arrow"])
 def test_datasets_dir_may_not_read_files_outside_itself(tmp_path, outside):
     """A `state.json` naming a file outside its directory (absolute, `..`, or a link out) is refused,
