@@ -98,6 +98,12 @@ def start_state(setup: Setup, ckpts: checkpoint.PhaseCheckpoints, workdir: Path,
     model's backbone (`backbone_with_fresh_head`)."""
     config = setup.config
     has_own = ckpts.latest_step() is not None
+    parent_head = (checkpoint.export_metadata(config.init_from) or {}).get("model", {}).get("head", "lm") \
+        if config.init_from else "lm"
+    if parent_head == "scalar" and setup.model_def.cfg.head == "lm":
+        raise ValueError(f"init_from={config.init_from!r} is a reward model's export (model.head='scalar'): a "
+                         f"policy phase ({config.phase}) starts from a policy export, e.g. SFT's; a reward model "
+                         "seeds a value model through online.value_from")
     new_head = bool(config.init_from) and new_heads(config.init_from, setup.model_def.cfg)
     if config.init_from and (parent_is_reference or not has_own):
         checkpoint.check_model_matches(config.init_from, dataclasses.asdict(setup.model_def.cfg),

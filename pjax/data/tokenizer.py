@@ -368,7 +368,10 @@ class HFTokenizer:
         generation = _read_json(folder / "generation_config.json")
         extra = generation.get("eos_token_id")
         extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
-        tk = _Tk.from_file(str(file))
+        try:
+            tk = _Tk.from_file(str(file))
+        except Exception as e:  # the Rust library raises its own Exception type, naming no file
+            raise ValueError(f"{file}: not a valid tokenizer.json ({type(e).__name__}: {e})") from e
         eos = tokens["eos_token"]
         if eos is None:
             if not extra:

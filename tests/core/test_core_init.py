@@ -153,3 +153,16 @@ def test_safe_changes_resume(tiny_configs, sft_export):
     pjax.train(dpo)
     dpo.train.steps, dpo.model.attention, dpo.train.log_every = 3, "xla", 1
     assert pjax.train(dpo)["source"] == "checkpoint:2"
+
+
+def test_a_policy_phase_refuses_a_reward_model_export_as_its_parent(tiny_configs, sft_export, tmp_path):
+    from configs import rm_tiny
+    from tests.conftest import tiny
+
+    sft, dpo = tiny_configs
+    rm = tiny(rm_tiny.get_config(), tmp_path / "rm", sft.data.cache_dir)
+    rm.init_from, rm.train.steps = str(sft_export), 1
+    rm_export = pjax.train(rm)["export"]
+    dpo.init_from = rm_export
+    with pytest.raises(ValueError, match=r"is a reward model's export \(model.head='scalar'\): a policy phase \(dpo\)"):
+        pjax.train(dpo)

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -418,3 +419,11 @@ def test_load_tokenizer_dispatch_and_errors(tmp_path, hf_dirs, task):
         load_tokenizer(tmp_path / "vocab.txt")
     with pytest.raises(ValueError, match="directory without a tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_a_garbage_tokenizer_json_names_the_file(tmp_path):
+    pytest.importorskip("tokenizers")
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "nonsense"}}')
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "tokenizer.json")) + ": not a valid tokenizer.json"):
+        HFTokenizer.from_json(tmp_path)
