@@ -72,6 +72,7 @@ def get_config() -> ConfigDict:
         bad_rows="fail",  # malformed rows: fail (the run stops, naming them) | skip (counted and reported)
         max_prompt_tokens=0,  # > 0: rows with a longer prompt are bad rows; 0: prompts are cut from the left to fit
         max_row_bytes=16 << 20,  # JSON Lines rows over this many bytes are bad rows ("too_large")
+        drop_duplicates=False,  # records equal to an earlier one are counted and reported; True also drops them
         num_heldout=0,  # rows of data.path held out (seeded) for held-out figures at the start and the end
         packing=False,  # SFT: pack several sequences per row (per-document attention and positions)
         # The batch layout the model runs on (pjax.data.layout; sft and dpo): padded | packed (every

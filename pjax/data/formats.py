@@ -508,6 +508,8 @@ class BadRowReport:
     first_detail: dict[str, str] = field(default_factory=dict)
     no_records: int = 0  # good rows that give no record of the kind (unpaired false labels for SEQ)
     record_rows: list[int] = field(default_factory=list)  # source row number of each loaded record
+    duplicates: int = 0  # records equal to an earlier one (kept, or dropped with data.drop_duplicates)
+    first_duplicates: list[tuple[int, int]] = field(default_factory=list)  # (row, the earlier row it repeats)
 
     def add(self, reason: str, row_number: int, detail: str) -> None:
         if reason not in REASONS:
@@ -545,6 +547,10 @@ class BadRowReport:
                 f"first: {self.first_detail[reason]}")
         if self.no_records:
             lines.append(f"  {self.no_records} good row(s) give no record of this kind (unpaired rows labelled false)")
+        if self.duplicates:
+            pairs = ", ".join(f"{a} = {b}" for a, b in self.first_duplicates)
+            lines.append(f"  {self.duplicates} duplicate record(s) ({self._what()}s {pairs}"
+                         f"{', ...' if self.duplicates > len(self.first_duplicates) else ''})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -557,6 +563,8 @@ class BadRowReport:
             "first_rows": {k: list(v) for k, v in self.first_rows.items()},
             "first_detail": dict(self.first_detail),
             "no_records": self.no_records,
+            "duplicates": self.duplicates,
+            "first_duplicates": [list(p) for p in self.first_duplicates],
         }
 
     def check(self, policy: str) -> BadRowReport:
@@ -568,4 +576,6 @@ class BadRowReport:
             raise ValueError(f"{self.summary()}\n(bad_rows='skip' leaves them out instead)")
         if self.total:
             logger.warning("skipping bad rows: %s", self.summary())
+        elif self.duplicates:
+            logger.warning("duplicate records: %s", self.summary())
         return self

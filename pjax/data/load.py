@@ -62,12 +62,12 @@ def load_data(config: ConfigDict) -> Data:
         return Data(tok, arrays, heldout, loader.fingerprint(arrays), None, task)
     key = loader.fingerprint("v1", source_identity(d.path), d.split, d.format, d.tfds_data_dir, kind, d.max_len,
                                d.max_prompt_tokens, d.num_heldout, d.bad_rows, d.packing, config.seed,
-                               tokenizer_identity(config), d.chat_template, d.max_row_bytes)
+                               tokenizer_identity(config), d.chat_template, d.max_row_bytes, d.drop_duplicates)
     key = distributed.broadcast_string(key)  # process 0's: hosts may see other mount points or times
     def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         rows, bad = sources.load_records(d.path, kind, split=d.split, bad_rows=d.bad_rows,
                                          data_dir=d.tfds_data_dir or None, format=d.format,
-                                         max_row_bytes=d.max_row_bytes)
+                                         max_row_bytes=d.max_row_bytes, drop_duplicates=d.drop_duplicates)
         numbers = list(bad.record_rows)  # the source row (line) each record came from
         found_on_reading = bad.total
         order = np.random.default_rng(config.seed).permutation(len(rows))
@@ -84,7 +84,7 @@ def load_data(config: ConfigDict) -> Data:
                 config, tok, [rows[i] for i in held], [numbers[i] for i in held], kind, bad).items()})
         if bad.total > found_on_reading:  # rows bad only once tokenised: fail raises, skip logs the report
             bad.check(d.bad_rows)
-        return arrays, {"bad_rows": bad.to_dict() if bad.total else None}
+        return arrays, {"bad_rows": bad.to_dict() if bad.total or bad.duplicates else None}
 
     stored, meta = loader.encoded_cache(data_cache_dir(config) / "encoded", key, build)
     arrays = {k: v for k, v in stored.items() if not k.startswith("heldout.")}

@@ -372,6 +372,7 @@ def load_records(
     data_dir: str | os.PathLike | None = None,
     format: str = "auto",
     max_row_bytes: int = 0,
+    drop_duplicates: bool = False,
 ) -> tuple[list[dict], BadRowReport]:
     """Records of `kind` from `spec`: each row's TRL type is detected and converted
     (:func:`pjax.data.formats.to_kind`); bad rows are collected with their row numbers and the
@@ -383,6 +384,7 @@ def load_records(
         raise ValueError(f"bad_rows must be one of {POLICIES}, got {bad_rows!r}")
     source, report = open_source(spec, split=split, data_dir=data_dir, max_row_bytes=max_row_bytes)
     records: list[dict] = []
+    seen: dict[str, int] = {}  # a record's canonical JSON -> the row it first came from
     for i in range(len(source)):
         number, row = source.numbered(i)
         try:
@@ -392,8 +394,18 @@ def load_records(
             continue
         if not out:
             report.no_records += 1
-        records.extend(out)
-        report.record_rows.extend([number] * len(out))
+        for record in out:
+            key = json.dumps(record, sort_keys=True, default=str)
+            if key in seen:
+                report.duplicates += 1
+                if len(report.first_duplicates) < 5:
+                    report.first_duplicates.append((number, seen[key]))
+                if drop_duplicates:
+                    continue
+            else:
+                seen[key] = number
+            records.append(record)
+            report.record_rows.append(number)
     report.check(bad_rows)
     if not records:
         raise ValueError(f"{report.summary()}\n{source.name}: no records of kind {kind}")

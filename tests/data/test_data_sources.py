@@ -173,6 +173,20 @@ def test_an_oversized_row_is_a_bad_row_not_minutes_of_encoding(tmp_path):
     assert len(load_records(path, "PAIR")[0]) == 2  # under the default limit
 
 
+def test_duplicate_records_are_counted_reported_and_optionally_dropped(tmp_path, caplog):
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": "b"},
+            {"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": "b"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    caplog.set_level(logging.WARNING)
+    records, report = load_records(path, "PAIR")
+    assert len(records) == 4 and report.duplicates == 2 and report.first_duplicates == [(3, 1), (4, 1)]
+    assert "2 duplicate record(s) (lines 3 = 1, 4 = 1)" in caplog.text  # the log is the product
+    records, report = load_records(path, "PAIR", drop_duplicates=True)
+    assert [r["prompt"] for r in records] == ["p", "q"] and report.record_rows == [1, 2]
+    assert report.to_dict()["duplicates"] == 2
+
+
 @pytest.mark.parametrize("outside", ["../secret.arrow", "/etc/passwd", "link.arrow"])
 def test_datasets_dir_may_not_read_files_outside_itself(tmp_path, outside):
     """A `state.json` naming a file outside its directory (absolute, `..`, or a link out) is refused,
