@@ -50,7 +50,13 @@ def tokenize(tok, prompt: Text, completion: Text, row: int, *, template: str | N
     """(prompt ids, completion ids) of one example (see the module docstring)."""
     if _is_empty(completion):
         raise BadRow("empty_completion", f"row {row}: empty completion text")
-    p, c, consistent = encode_example(tok, prompt, completion, template=template)
+    try:
+        p, c, consistent = encode_example(tok, prompt, completion, template=template)
+    except ValueError as e:
+        if template is None and not (isinstance(prompt, str) and isinstance(completion, str)):
+            raise ValueError(f"row {row} is a conversation (a list of messages) and needs a chat template: {e} "
+                             "(data.chat_template)") from e
+        raise
     if not consistent and stats is not None:
         stats.inconsistent.append(row)
     if not c:

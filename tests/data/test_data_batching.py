@@ -75,3 +75,13 @@ def test_encode_prompts_left_padded(task):
         assert list(out["mask"][row]) == [0] * (12 - len(ids)) + [1] * len(ids)
     short = encode_prompts(tok, ["review : the old movie about the ship was"], max_prompt_len=4)
     assert list(short["tokens"][0]) == [tok.bos_id, *tok.encode("review : the old movie about the ship was")[-3:]]
+
+
+def test_a_conversation_among_plain_rows_names_the_row(task):
+    """The synthetic task's tokenizer has no chat template: a conversational row (row 1 after a plain one)
+    is named with what it needs, not just the tokenizer."""
+    conversation = ([{"role": "user", "content": "a prompt"}], [{"role": "assistant", "content": "good"}])
+    assert task.tokenizer.chat_template is None
+    with pytest.raises(ValueError, match=r"row 1 is a conversation \(a list of messages\) and needs a chat "
+                                         r"template: tokenizer .* has no chat template.*\(data.chat_template\)"):
+        encode_sft(task.tokenizer, [("a prompt", "good"), conversation], 16)
