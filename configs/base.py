@@ -205,7 +205,7 @@ def get_config() -> ConfigDict:
         num_processes=0,  # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), else one process
         process_id=-1,
         cpu_devices=0,  # CPU devices per process (simulating a mesh on one machine); 0 = JAX's default
-        heartbeat_timeout_s=100,  # a dead peer ends every other process after at most this long
-        init_timeout_s=300,
+        heartbeat_timeout_s=20,  # a dead peer ends every other process after about this long (under 60 s)
+        init_timeout_s=60,  # a process that never connects ends the others after this long (slow pods: raise it)
     ))
     return c

@@ -55,6 +55,28 @@ def initialize(config: ConfigDict) -> None:
     if jax.distributed.is_initialized():
         return
     timeouts = dict(initialization_timeout=int(d.init_timeout_s), heartbeat_timeout_seconds=int(d.heartbeat_timeout_s))
+    connected = threading.Event()
+
+    def say_who_is_missing(n: int, i: int, where: str) -> None:
+        """JAX aborts the process when the start-up wait ends, naming no one: say it first, in one line."""
+        if not connected.wait(max(1.0, float(d.init_timeout_s) - 1.0)):
+            others = [p for p in range(n) if p != i]
+            missing = f"process {others[0]}" if len(others) == 1 else \
+                f"one or more of processes {others}" if others else "some process of the cluster"
+            me = f"process {i} of {n}" if n > 0 else "this process"
+            log.error("distributed: %s gives up after distributed.init_timeout_s=%s s: %s never reached the "
+                      "coordinator %s", me, d.init_timeout_s, missing, where)
+
+    def connect(address: str | None, n: int, i: int) -> None:
+        threading.Thread(target=say_who_is_missing, args=(n, i, address or "(from the environment)"),
+                         daemon=True).start()
+        try:
+            if address is None:
+                jax.distributed.initialize(**timeouts)
+            else:
+                jax.distributed.initialize(address, n, i, **timeouts)
+        finally:  # connected, or failed with an error of its own
+            connected.set()
     if d.coordinator:
         if d.num_processes <= 0 or d.process_id < 0:
             raise ValueError(f"distributed.coordinator={d.coordinator!r} needs distributed.num_processes "
@@ -62,7 +84,7 @@ def initialize(config: ConfigDict) -> None:
         if d.process_id >= d.num_processes:
             raise ValueError(f"distributed.process_id={d.process_id} must be below "
                              f"distributed.num_processes={d.num_processes}")
-        jax.distributed.initialize(d.coordinator, int(d.num_processes), int(d.process_id), **timeouts)
+        connect(d.coordinator, int(d.num_processes), int(d.process_id))
         where = "explicit"
     else:
         where = cluster_environment()
@@ -76,9 +98,9 @@ def initialize(config: ConfigDict) -> None:
                 raise ValueError(f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']!r} needs integer "
                                  f"JAX_NUM_PROCESSES (got {env['JAX_NUM_PROCESSES']!r}) and JAX_PROCESS_ID "
                                  f"(got {env['JAX_PROCESS_ID']!r})") from None
-            jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], n, i, **timeouts)
+            connect(env["JAX_COORDINATOR_ADDRESS"], n, i)
         else:
-            jax.distributed.initialize(**timeouts)
+            connect(None, 0, -1)
     if jax.process_index() == 0:
         log.info("distributed (%s): process %d of %d, %d local of %d devices", where, jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())

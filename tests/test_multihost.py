@@ -63,12 +63,12 @@ def test_two_processes_match_one_process_for_sft_and_dpo(tmp_path):
 
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker_dies", "coordinator_dies"])
 def test_a_dead_peer_ends_the_other_process(tmp_path, victim):
-    """SIGKILL one process mid-run: the survivor must exit non-zero, saying why, within the heartbeat
-    timeout (5 s here) plus slack, instead of hanging in a collective."""
+    """SIGKILL one process mid-run: with the default heartbeat timeout the survivor exits non-zero,
+    saying why, within 60 s, instead of hanging in a collective."""
     workdir = tmp_path / "run"
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
     flags = tiny_flags(workdir, tmp_path / "cache", 100_000, train__save_every=100_000, logging__tensorboard=False)
-    procs = multi_process("sft_tiny.py", flags, logs, 4, heartbeat_timeout_s=5)
+    procs = multi_process("sft_tiny.py", flags, logs, 4)
     try:
         wait_for_step(procs[0], workdir, 3, timeout=180)
         procs[victim].kill()
@@ -84,6 +84,29 @@ def test_a_dead_peer_ends_the_other_process(tmp_path, victim):
     assert code != 0, text[-3000:]
     assert elapsed < 60, f"took {elapsed:.0f} s"
     assert "detected fatal errors. This most likely indicates that another task died" in text, text[-3000:]
+
+
+def test_a_peer_that_never_connects_ends_the_other_within_a_minute_naming_it(tmp_path):
+    """Process 1 of 2 never starts: process 0, with the default start-up wait, exits non-zero within 70 s,
+    its log naming process 1 first."""
+    workdir = tmp_path / "run"
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    flags = tiny_flags(workdir, tmp_path / "cache", 4, logging__tensorboard=False)
+    port = free_port()
+    started = time.monotonic()
+    proc = spawn(train_command("sft_tiny.py", flags + [
+        f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2",
+        "--config.distributed.process_id=0", "--config.distributed.cpu_devices=4"]), logs[0])
+    try:
+        code = proc.wait(timeout=150)
+    finally:
+        proc.kill()
+    elapsed = time.monotonic() - started
+    text = logs[0].read_text()
+    assert code != 0, text[-3000:]
+    assert elapsed < 70 + 20, f"took {elapsed:.0f} s"  # the 60 s wait, plus start-up
+    assert "process 0 of 2 gives up after distributed.init_timeout_s=60 s: process 1 never reached the " \
+           f"coordinator 127.0.0.1:{port}" in text, text[-3000:]
 
 
 def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path):
