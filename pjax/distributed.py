@@ -21,6 +21,8 @@ import logging
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -149,6 +151,46 @@ class PreemptionWatch:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+class PeerWatch:
+    """Names a peer that stopped: with several processes each touches `<workdir>/.pjax-alive/process-<i>`
+    every `interval` seconds, and one whose file has not changed for `stale_after` seconds is named in an
+    error line (JAX's own abort, a few seconds later, names no one). It only logs: a slow shared
+    filesystem must not stop a healthy run."""
+
+    def __init__(self, workdir: os.PathLike, stale_after: float, interval: float = 2.0):
+        self.active = jax.process_count() > 1
+        if not self.active:
+            return
+        self.directory = Path(workdir) / ".pjax-alive"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.me, self.n = jax.process_index(), jax.process_count()
+        self.stale_after, self.interval = stale_after, interval
+        self._stop = threading.Event()
+        self._named: set[int] = set()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pjax-peer-watch")
+        self._thread.start()
+
+    def _run(self) -> None:
+        mine = self.directory / f"process-{self.me}"
+        started = time.time()
+        while not self._stop.wait(self.interval):
+            now = time.time()
+            mine.touch()
+            for peer in range(self.n):
+                if peer == self.me or peer in self._named:
+                    continue
+                path = self.directory / f"process-{peer}"
+                last = path.stat().st_mtime if path.exists() else started
+                if now - last > self.stale_after:
+                    self._named.add(peer)
+                    log.error("distributed: process %d of %d has shown no sign of life for %.0f s (it died or "
+                              "hangs); JAX ends this process (%d) next", peer, self.n, now - last, self.me)
+
+    def close(self) -> None:
+        if self.active:
+            self._stop.set()
 
 
 def broadcast_string(text: str) -> str:

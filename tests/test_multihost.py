@@ -84,6 +84,7 @@ def test_a_dead_peer_ends_the_other_process(tmp_path, victim):
     assert code != 0, text[-3000:]
     assert elapsed < 60, f"took {elapsed:.0f} s"
     assert "detected fatal errors. This most likely indicates that another task died" in text, text[-3000:]
+    assert f"distributed: process {victim} of 2 has shown no sign of life" in text, text[-3000:]  # named first
 
 
 def test_a_peer_that_never_connects_ends_the_other_within_a_minute_naming_it(tmp_path):
