@@ -326,7 +326,8 @@ def exo_pair(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
 @_pairwise("nca_pair", "Noise Contrastive Alignment of Language Models with Explicit Rewards (Chen et al., 2024)")
 def nca_pair(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     """NCA (pairwise): with a = beta s(rho_c), b = beta s(rho_r):
-    L = -log sigma(a) - 1/2 log sigma(-a) - 1/2 log sigma(-b). Same as TRL `nca_pair`.
+    L = -log sigma(a) - 1/2 log sigma(-a) - 1/2 log sigma(-b). Same as TRL `nca_pair` with reverse KL;
+    TRL 1.16 raises for this loss with a divergence other than reverse_kl; pjax applies s(rho) (an extension).
     """
     t = pair_terms(inputs, cfg)
     a, b = t.beta * t.score[:, 0], t.beta * t.score[:, 1]
@@ -336,6 +337,7 @@ def nca_pair(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
 @_pairwise("bco_pair", "Binary Classifier Optimization for Large Language Model Alignment (Jung et al., 2024)")
 def bco_pair(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     """BCO on pairs (TRL `bco_pair` at HEAD): L = -log sigma(beta s(rho_c)) - log sigma(-beta s(rho_r)).
+    TRL 1.16 raises for this loss with a divergence other than reverse_kl; pjax applies s(rho) (an extension).
 
     As TRL HEAD: no running-mean reward shift delta and no density-ratio weights (the paper has both).
     """
@@ -347,6 +349,7 @@ def bco_pair(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
 def sppo_hard(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     """SPPO with hard win probabilities (1 for the chosen, 0 for the rejected; TRL `sppo_hard`):
     L = (s(rho_c) - 1/(2 beta))^2 + (s(rho_r) + 1/(2 beta))^2.
+    TRL 1.16 raises for this loss with a divergence other than reverse_kl; pjax applies s(rho) (an extension).
 
     The reference plays the previous iterate pi_t of the paper.
     """
@@ -404,7 +407,7 @@ def apo_zero(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
 @_pairwise("apo_down", _APO)
 def apo_down(inputs: LossInputs, cfg) -> tuple[jnp.ndarray, dict]:
     """APO-down (paper Eq. 8): L = sigma(beta rho_c) + 1 - sigma(beta Delta); rho_c raw and Delta from
-    the f-divergence score, as TRL. For chosen outputs worse than the model's own: lower both likelihoods,
+    the f-divergence score. TRL 1.16 raises for this loss with a divergence other than reverse_kl; pjax applies s(rho) (an extension). For chosen outputs worse than the model's own: lower both likelihoods,
     the rejected more.
     """
     t = pair_terms(inputs, cfg)
