@@ -159,7 +159,7 @@ class PeerWatch:
     error line (JAX's own abort, a few seconds later, names no one). It only logs: a slow shared
     filesystem must not stop a healthy run."""
 
-    def __init__(self, workdir: os.PathLike, stale_after: float, interval: float = 2.0):
+    def __init__(self, workdir: os.PathLike, stale_after: float, interval: float = 1.0):
         self.active = jax.process_count() > 1
         if not self.active:
             return
@@ -186,7 +186,8 @@ class PeerWatch:
                 if now - last > self.stale_after:
                     self._named.add(peer)
                     log.error("distributed: process %d of %d has shown no sign of life for %.0f s (it died or "
-                              "hangs); JAX ends this process (%d) next", peer, self.n, now - last, self.me)
+                              "hangs); JAX ends this process (%d) next if it is gone", peer, self.n, now - last,
+                              self.me)
 
     def close(self) -> None:
         if self.active:

@@ -93,14 +93,17 @@ def run_phase(config: ConfigDict, spec: PhaseSpec) -> dict[str, Any]:
     mesh, rules = mesh_and_rules(config)
     log.info("phase=%s mesh=%s preset=%s workdir=%s", config.phase, dict(mesh.shape), config.sharding.preset, workdir)
     preemption = distributed.PreemptionWatch()  # from here on, SIGTERM means: save at the next step, stop
-    peers = distributed.PeerWatch(workdir, stale_after=0.5 * config.distributed.heartbeat_timeout_s)
+    # names a peer that stops; left running when the phase raises (a dead peer's collective error), so
+    # that it names the peer while JAX winds down and aborts
+    peers = distributed.PeerWatch(workdir, stale_after=max(3.0, 0.25 * config.distributed.heartbeat_timeout_s))
     try:
         with jax.set_mesh(mesh), sharding.use_rules(rules):
             setup = make_setup(config, mesh, spec.optimizer_steps(config))
             validate_for_mesh(config, mesh, *spec.step_rows(config))
-            return spec.run(setup, workdir, preemption)
-    finally:
+            summary = spec.run(setup, workdir, preemption)
         peers.close()
+        return summary
+    finally:
         preemption.close()
 
 
