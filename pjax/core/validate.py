@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
-from pjax import losses, sharding
+from pjax import config_io, losses, sharding
 from pjax.data import tasks
 from pjax.metrics import validate_logging
 from pjax.models.config import model_config
@@ -30,6 +30,11 @@ def validate_common(config: ConfigDict) -> None:
     for key in ("b1", "b2"):
         if not 0.0 <= o[key] < 1.0:
             raise ValueError(f"optim.{key}={o[key]} must lie in [0, 1)")
+    for key in config.train.resume_changes:  # keys a resumed run may change: they must exist
+        try:
+            config_io.find_key(config, str(key))
+        except KeyError as e:
+            raise ValueError(f"train.resume_changes: {e.args[0]}") from None
     for key in ("max_update_ratio", "grad_spike"):
         if not math.isfinite(config.train[key]) or config.train[key] < 0:
             raise ValueError(f"train.{key}={config.train[key]} must be a finite number >= 0 (0 = off)")

@@ -38,6 +38,7 @@ def test_unknown_config_key_fails_naming_it():
     ("optim.b2", 1.0, r"optim.b2=1.0 must lie in \[0, 1\)"),
     ("optim.weight_decay", -0.1, "optim.weight_decay=-0.1 must be a finite number >= 0"),
     ("optim.eps", float("nan"), "optim.eps=nan"),
+    ("train.resume_changes", ("optim.learning_rate",), "train.resume_changes: config key 'optim.learning_rate' does not"),
     ("optim.warmup_steps", -1, "optim.warmup_steps=-1"),
     ("data.max_len", 4096, "data.max_len=4096 exceeds model.max_seq_len=256"),
     ("model.n_kv_heads", 0, "model.n_kv_heads=0"),
