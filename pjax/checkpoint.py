@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from pjax import distributed, models, sharding
@@ -227,11 +226,7 @@ def _path_text(path: tuple[str, ...]) -> str:
 
 def _everywhere(ok: bool) -> bool:
     """`ok` on every process (a collective when there are several)."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+    return not distributed.max_over_processes(int(not ok))
 
 
 def export_params(directory: str | os.PathLike, params: Any, metadata: dict[str, Any]) -> Path:

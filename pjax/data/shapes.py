@@ -28,7 +28,8 @@ def random_batch(config: ConfigDict, prompt_len: int, completion_len: int, seed:
 
     def rows():
         tokens = rng.integers(0, vocab, size=(*lead, T), dtype=np.int32)
-        tokens[..., :prompt_len] = tokens[:, :1, :prompt_len] if len(lead) > 1 else tokens[..., :prompt_len]
+        if len(lead) > 1:  # the sequences of a pair or list share their prompt
+            tokens[:, 1:, :prompt_len] = tokens[:, :1, :prompt_len]
         completion = np.zeros((*lead, T), np.int32)
         completion[..., prompt_len:] = 1
         return {"tokens": tokens, "mask": np.ones((*lead, T), np.int32), "completion_mask": completion}

@@ -77,8 +77,9 @@ def put_batch(setup: Setup, local: dict[str, np.ndarray]) -> dict[str, Any]:
     rows = distributed.max_over_processes(rows) * k
     packed_size = rows * jax.process_count()
     packed = layout.pack(local, d.layout, L, rows, row_offset=int(setup.local_rows(packed_size)[0]), k=k)
-    out = setup.put_batch({k: v for k, v in packed.items() if k not in layout.KEYS}, size)
-    return {**out, **setup.put_batch({k: packed[k] for k in layout.KEYS}, packed_size)}
+    rows_of_pairs = {key: v for key, v in packed.items() if key not in layout.KEYS}
+    packed_rows = {key: packed[key] for key in layout.KEYS}
+    return {**setup.put_batch(rows_of_pairs, size), **setup.put_batch(packed_rows, packed_size)}
 
 
 def reward_statistics(setup: Setup, params: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
